@@ -1,0 +1,21 @@
+"""Plain-PyTorch GloRo core: Lipschitz-tracked layers, GloroNet, bounds, losses, schedules, attacks.
+
+No Lightning, DVC or W&B here, so the core drops into any training loop.
+"""
+from .activations import MinMax, make_activation
+from .architectures import ARCHITECTURES, build_network, parse_spec
+from .attacks import pgd_l2
+from .bounds import exact_spectral_norm, sound_spectral_norm
+from .layers import LipschitzConv2d, LipschitzDense, tracked_layers
+from .losses import gloro_cross_entropy, trades_loss
+from .lower_bounds import global_lower_bound, local_lower_bound
+from .model import Certificate, GloroNet, certify_logits, clean_accuracy, rejection_rate, vra
+from .schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
+
+__all__ = [
+    "ARCHITECTURES", "Certificate", "EpsSchedule", "GloroNet", "LRSchedule", "LambdaSchedule",
+    "LipschitzConv2d", "LipschitzDense", "MinMax", "TrainingSchedule", "build_network", "certify_logits",
+    "clean_accuracy", "exact_spectral_norm", "global_lower_bound", "gloro_cross_entropy",
+    "local_lower_bound", "make_activation", "parse_spec", "pgd_l2", "rejection_rate",
+    "sound_spectral_norm", "tracked_layers", "trades_loss", "vra",
+]

@@ -1,0 +1,43 @@
+"""A minimal plain-PyTorch GloRo training loop, for users without Lightning and for tests.
+
+The project's pipeline trains through Lightning (``pipeline/lit``); this loop shows the core's
+contract in a few lines: schedules per epoch, GloRo forward, TRADES or CE, converge afterwards.
+"""
+from __future__ import annotations
+
+import torch
+
+from .losses import gloro_cross_entropy, trades_loss
+from .model import GloroNet
+from .schedules import TrainingSchedule
+
+
+def fit(net: GloroNet, x: torch.Tensor, y: torch.Tensor, schedule: TrainingSchedule, batch_size: int,
+        trades: bool = True, seed: int = 0, tol: float = 1e-5) -> GloroNet:
+    """Train ``net`` on in-memory ``x``, ``y`` following ``schedule``; converge power iteration at the end.
+
+    Warm-up epochs use plain cross-entropy on f; robust epochs use TRADES(lambda_t) when
+    ``trades`` else CE over the m+1 logits, at eps_t with learning rate lr_t.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(net.parameters(), lr=schedule.lr.init_lr, eps=1e-7)
+    for epoch in range(schedule.total_epochs):
+        settings = schedule.at(epoch)
+        for group in optimiser.param_groups:
+            group["lr"] = settings.lr
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            xb, yb = x[batch], y[batch]
+            if not settings.robust:
+                loss = torch.nn.functional.cross_entropy(net.f(xb), yb)
+            else:
+                gloro = net(xb, eps=settings.eps)
+                loss = trades_loss(gloro, yb, settings.lam) if trades else gloro_cross_entropy(gloro, yb)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    net.eval()
+    net.converge(tol)
+    return net

@@ -1,0 +1,185 @@
+"""Linear layers whose spectral norm is tracked by persistent power iteration.
+
+Each layer is a linear map A (bias excluded, it does not change the Lipschitz constant)
+with an adjoint A^T. The power-iteration iterate ``u`` is a buffer, so it is saved in the
+``state_dict`` and a checkpoint carries its converged state. Iterations run without
+gradient; ``lipschitz()`` computes ``||A u|| / ||u||`` with the current weights, so the
+gradient reaches the weights through that final norm only (as in the paper, Section 3).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INITIALISERS = ("default", "orthogonal")
+
+
+def init_weight_(weight: torch.Tensor, init: str, generator: torch.Generator | None = None) -> None:
+    """Initialise a weight in place with the Keras distribution named by ``init``.
+
+    ``default`` is Keras ``GlorotUniform`` (U(-l, l), l = sqrt(6 / (fan_in + fan_out)), with
+    fans that count the kernel's receptive field, exactly as ``xavier_uniform_``).
+    ``orthogonal`` is Keras ``Orthogonal`` (gain 1): a Haar-random matrix with orthonormal rows
+    or columns. Keras flattens a conv kernel as (k*k*C_in, C_out) and torch as
+    (C_out, C_in*k*k); the Haar measure is invariant under transposition and permutation of
+    entries, so the two give the same distribution.
+    """
+    if init == "default":
+        nn.init.xavier_uniform_(weight, generator=generator)
+    elif init == "orthogonal":
+        nn.init.orthogonal_(weight, generator=generator)
+    else:
+        raise ValueError(f"unknown initialisation {init!r}; expected one of {INITIALISERS}")
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """v / ||v||; a zero vector stays zero (no epsilon inside the norm, see klasleino/gloro#8)."""
+    norm = v.norm()
+    return v / norm if norm > 0 else v
+
+
+class LipschitzLinear(nn.Module):
+    """Base of the tracked layers: power iteration on ``A^T A`` with a persistent iterate."""
+
+    u: torch.Tensor
+
+    def _register_iterate(self, shape: tuple[int, ...], generator: torch.Generator | None) -> None:
+        self.register_buffer("u", _unit(torch.randn(shape, generator=generator)))
+
+    def linear_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A x without bias. Shape: same batch layout as ``forward``."""
+        raise NotImplementedError
+
+    def adjoint_map(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y, the adjoint of ``linear_map``."""
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (without the batch dimension)."""
+        return tuple(self.u.shape[1:])
+
+    @torch.no_grad()
+    def power_iterate(self, n: int) -> None:
+        """Run ``n`` power iterations on A^T A, updating the iterate buffer in place."""
+        weight = self.weight.detach()
+        u = self.u
+        for _ in range(n):
+            u = _unit(self.adjoint_map(self.linear_map(u, weight), weight))
+        self.u.copy_(u)
+
+    def lipschitz(self) -> torch.Tensor:
+        """Power-iteration estimate ``||A u|| / ||u||`` with gradient to the weights only."""
+        u = self.u.detach()
+        return self.linear_map(u, self.weight).norm() / u.norm()
+
+    @torch.no_grad()
+    def converge(self, tol: float = 1e-5, max_iter: int = 100_000) -> int:
+        """Iterate until sigma changes by at most ``tol`` (relative) per step; return the count.
+
+        The result approaches the norm from below and is an estimate: see ``bounds.py`` for
+        provable upper bounds.
+        """
+        if not (tol > 0 and max_iter >= 1):
+            raise ValueError(f"converge needs tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+        previous = self.lipschitz().item()
+        for i in range(1, max_iter + 1):
+            self.power_iterate(1)
+            sigma = self.lipschitz().item()
+            if abs(sigma - previous) <= tol * max(abs(sigma), 1e-30):
+                return i
+            previous = sigma
+        return max_iter
+
+
+class LipschitzDense(LipschitzLinear):
+    """Dense layer ``y = x W^T + b`` with a tracked spectral norm of W.
+
+    Shape:
+        input ``[N, in_features]``, output ``[N, out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, init: str = "default",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        init_weight_(self.weight, init, generator)
+        self._register_iterate((1, in_features), generator)
+
+    def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self.weight if weight is None else weight)
+
+    def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return y @ (self.weight if weight is None else weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME zero padding (before, after) for one spatial axis.
+
+    The output has ``ceil(size / stride)`` positions; an odd total puts the extra zero after.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class LipschitzConv2d(LipschitzLinear):
+    """2-D convolution with TF SAME zero padding and any stride, with a tracked spectral norm.
+
+    The norm is that of the whole linear map on a ``[C_in, H, W]`` feature map, padding and
+    stride included, so the layer is built for one input size.
+
+    Shape:
+        input ``[N, C_in, H, W]``, output ``[N, C_out, ceil(H/stride), ceil(W/stride)]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 input_size: tuple[int, int], init: str = "default",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size} and {stride}")
+        self.stride = stride
+        h, w = input_size
+        (top, bottom), (left, right) = same_padding(h, kernel_size, stride), same_padding(w, kernel_size, stride)
+        self.padding = (left, right, top, bottom)  # F.pad order: last axis first
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        init_weight_(self.weight, init, generator)
+        self._register_iterate((1, in_channels, h, w), generator)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        h, w = self.input_shape[1:]
+        return -(-h // self.stride), -(-w // self.stride)
+
+    def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.padding), self.weight if weight is None else weight, stride=self.stride)
+
+    def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        left, right, top, bottom = self.padding
+        c, h, w = self.input_shape
+        padded = (y.shape[0], c, h + top + bottom, w + left + right)
+        x = torch.nn.grad.conv2d_input(padded, self.weight if weight is None else weight, y, stride=self.stride)
+        return x[:, :, top:top + h, left:left + w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.padding), self.weight, self.bias, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        c_out, c_in, k, _ = self.weight.shape
+        return f"{c_in}, {c_out}, kernel_size={k}, stride={self.stride}, input_size={self.input_shape[1:]}"
+
+
+def tracked_layers(module: nn.Module) -> list[LipschitzLinear]:
+    """The tracked linear layers of ``module`` in forward order."""
+    return [m for m in module.modules() if isinstance(m, LipschitzLinear)]
+

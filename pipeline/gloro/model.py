@@ -1,0 +1,189 @@
+"""GloRo Net: a logit network instrumented with a bottom logit (Leino et al., 2021).
+
+For an input with predicted class j = argmax f(x), the bottom logit is
+``y_bot = max_{i != j} f_i(x) + eps * K_ij``, where ``K_ij`` bounds the Lipschitz constant of the
+margin ``f_j - f_i`` (Appendix A.2). If ``f_j(x) > y_bot`` no point within L2 distance eps can
+change the prediction (Theorem 4), so every non-bottom prediction is certified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .bounds import SOUND_RTOL, sound_spectral_norm
+from .activations import MinMax
+from .layers import LipschitzDense, LipschitzLinear, tracked_layers
+
+Bound = Literal["power", "sound"]
+ONE_LIPSCHITZ = (MinMax, nn.ReLU, nn.Flatten, nn.Identity)
+
+
+def margin_lipschitz(sub_lipschitz: torch.Tensor, last_weight: torch.Tensor) -> torch.Tensor:
+    """``K_ij = K_sub * ||w_j - w_i||``: bounds on the margins' Lipschitz constants.
+
+    Shape:
+        ``last_weight [m, h]`` -> ``[m, m]``, symmetric with a zero diagonal.
+    """
+    return sub_lipschitz * torch.linalg.vector_norm(last_weight[None] - last_weight[:, None], dim=-1)
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """The index of the largest logit; on ties, the first such index (never several classes)."""
+    return logits.argmax(dim=1)
+
+
+def bottom_logit(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> torch.Tensor:
+    """``y_bot = max_{i != j} (f_i + eps * K_ji)`` with j the predicted class.
+
+    The predicted class j is fixed by index (not by comparing values), so a tie between two
+    logits selects one class and yields a bottom logit at least as large as ``f_j``.
+
+    Shape:
+        ``logits [N, m]``, ``k_ij [m, m]`` -> ``[N]``.
+    """
+    j = predicted_class(logits)
+    raised = logits + eps * k_ij[j]
+    others = torch.ones_like(logits, dtype=torch.bool).scatter_(1, j[:, None], False)
+    return raised.masked_fill(~others, float("-inf")).amax(dim=1)
+
+
+def gloro_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> torch.Tensor:
+    """The GloRo net's m+1 logits ``[f(x), y_bot]``. Shape: ``[N, m]`` -> ``[N, m+1]``."""
+    return torch.cat([logits, bottom_logit(logits, k_ij, eps)[:, None]], dim=1)
+
+
+def gloro_prediction(gloro: torch.Tensor) -> torch.Tensor:
+    """Prediction of the GloRo net: the predicted class, or m (bottom) unless it strictly wins.
+
+    A tie between the top class and the bottom logit is a rejection, so certificates are strict.
+    """
+    m = gloro.shape[1] - 1
+    j = predicted_class(gloro[:, :m])
+    wins = gloro[:, :m].gather(1, j[:, None])[:, 0] > gloro[:, m]
+    return torch.where(wins, j, torch.full_like(j, m))
+
+
+def certified_radius(logits: torch.Tensor, k_ij: torch.Tensor) -> torch.Tensor:
+    """``min_{i != j} (f_j - f_i) / K_ij``: the L2 radius within which the prediction is proven.
+
+    A zero margin gives radius 0 (ties are never certified). Shape: ``[N, m]`` -> ``[N]``.
+    """
+    j = predicted_class(logits)
+    margins = logits.gather(1, j[:, None]) - logits  # [N, m], >= 0
+    k = k_ij[j]
+    ratio = torch.where(k > 0, margins / k.clamp_min(torch.finfo(k.dtype).tiny),
+                        torch.where(margins > 0, torch.inf, 0.0))
+    ratio = ratio.scatter(1, j[:, None], torch.inf)
+    return ratio.amin(dim=1)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per-input result of ``certify``: predicted class, whether it is certified, and radius."""
+
+    prediction: torch.Tensor  # [N] long, the underlying model's class
+    certified: torch.Tensor  # [N] bool
+    radius: torch.Tensor  # [N] float
+
+
+def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> Certificate:
+    """Certify predictions from logits and margin bounds (the test is ``f_j > y_bot``, strict)."""
+    m = logits.shape[1]
+    gloro = gloro_logits(logits, k_ij.to(logits.dtype), eps)
+    return Certificate(prediction=predicted_class(logits),
+                       certified=gloro_prediction(gloro) != m,
+                       radius=certified_radius(logits, k_ij.to(logits.dtype)))
+
+
+class GloroNet(nn.Module):
+    """Wraps a network of Lipschitz-tracked layers; ``forward`` returns the m+1 GloRo logits.
+
+    In training mode each forward first runs ``power_iterations`` iterations on every layer
+    (without gradient); the margin bounds are then computed with the current weights so the
+    loss's gradient reaches them. Call ``converge`` before evaluation.
+    """
+
+    def __init__(self, f: nn.Module, eps: float, power_iterations: int = 5):
+        super().__init__()
+        self.f = f
+        self.eps = eps
+        self.power_iterations = power_iterations
+        self.layers = tracked_layers(f)
+        if not self.layers or not isinstance(self.layers[-1], LipschitzDense):
+            raise ValueError("GloroNet needs a network whose last tracked layer is a LipschitzDense (the logits)")
+        unbounded = [type(m).__name__ for m in f.modules()
+                     if not list(m.children()) and not isinstance(m, (LipschitzLinear, *ONE_LIPSCHITZ))]
+        if unbounded:
+            raise ValueError(f"GloroNet cannot bound the Lipschitz constant of {unbounded}; "
+                             f"use Lipschitz-tracked layers and {[c.__name__ for c in ONE_LIPSCHITZ]}")
+
+    def sub_lipschitz(self) -> torch.Tensor:
+        """Product of the power-iteration norms of every layer but the last."""
+        sub = torch.ones((), device=self.layers[-1].weight.device)
+        for layer in self.layers[:-1]:
+            sub = sub * layer.lipschitz()
+        return sub
+
+    def k_ij(self) -> torch.Tensor:
+        """Margin bounds from the current power-iteration iterates (differentiable). ``[m, m]``."""
+        return margin_lipschitz(self.sub_lipschitz(), self.layers[-1].weight)
+
+    @torch.no_grad()
+    def k_ij_sound(self) -> torch.Tensor:
+        """Provable margin bounds in float64 (``bounds.sound_spectral_norm`` per layer). ``[m, m]``."""
+        sub = torch.tensor([sound_spectral_norm(layer) for layer in self.layers[:-1]], dtype=torch.float64).prod()
+        # the last factor covers the float64 rounding of the row-difference norms
+        return margin_lipschitz(sub, self.layers[-1].weight.double()) * (1 + SOUND_RTOL)
+
+    def margin_bounds(self, bound: Bound = "power") -> torch.Tensor:
+        if bound == "power":
+            return self.k_ij()
+        if bound == "sound":
+            return self.k_ij_sound()
+        raise ValueError(f"unknown bound {bound!r}; expected 'power' or 'sound'")
+
+    @torch.no_grad()
+    def global_lipschitz(self, bound: Bound = "power") -> float:
+        """Upper bound on f's global L2 Lipschitz constant: the product of all layers' norms."""
+        if bound == "sound":
+            return float(torch.tensor([sound_spectral_norm(layer) for layer in self.layers], dtype=torch.float64).prod())
+        return float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
+
+    @torch.no_grad()
+    def power_iterate(self, n: int) -> None:
+        for layer in self.layers:
+            layer.power_iterate(n)
+
+    @torch.no_grad()
+    def converge(self, tol: float = 1e-5, max_iter: int = 100_000) -> list[int]:
+        """Run every layer's power iteration to convergence; return the iterations each used."""
+        return [layer.converge(tol, max_iter) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        """The m+1 GloRo logits at radius ``eps`` (default ``self.eps``). Shape: ``[N, ...]`` -> ``[N, m+1]``."""
+        if self.training and self.power_iterations:
+            self.power_iterate(self.power_iterations)
+        return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
+
+    @torch.no_grad()
+    def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "power") -> Certificate:
+        """Predict and certify ``x`` at radius ``eps`` with the ``power`` or provable ``sound`` bound."""
+        return certify_logits(self.f(x), self.margin_bounds(bound), self.eps if eps is None else eps)
+
+
+def clean_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction with ``argmax f(x) == y``."""
+    return (predicted_class(logits) == labels).float().mean().item()
+
+
+def vra(gloro: torch.Tensor, labels: torch.Tensor) -> float:
+    """Verified-robust accuracy: fraction correctly predicted and certified (bottom never matches)."""
+    return (gloro_prediction(gloro) == labels).float().mean().item()
+
+
+def rejection_rate(gloro: torch.Tensor) -> float:
+    """Fraction of inputs on which the GloRo net predicts bottom."""
+    return (gloro_prediction(gloro) == gloro.shape[1] - 1).float().mean().item()

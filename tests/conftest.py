@@ -1,0 +1,45 @@
+"""Shared fixtures: the digits data, the shared MNIST files, and a measurement report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """Record a measured figure; all are printed in the summary under 'gloro-repro measurements'."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("gloro-repro measurements")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """sklearn's 8x8 digits in [0, 1], a fixed split: (x_train, y_train, x_test, y_test)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """The genuine MNIST test files in ../shared/data/mnist/; skip when absent."""
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"genuine MNIST files not found in {SHARED_MNIST}")
+    return SHARED_MNIST
