@@ -9,6 +9,7 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import extract_archive
 
+from .arrays import DatasetArrays
 from .verify import verify_file
 
 MD5 = dict(MNIST.resources)  # file name -> md5
@@ -29,3 +30,16 @@ def read_mnist_split(directory: Path, split: str) -> tuple[torch.Tensor, torch.T
     if len(images) != len(labels):
         raise ValueError(f"MNIST {split}: {len(images)} images but {len(labels)} labels in {directory}")
     return images[:, None].contiguous(), labels.long()
+
+
+def load(from_dir: Path | None, cache: Path) -> DatasetArrays:
+    """MNIST from ``from_dir`` (the four original ``.gz`` files) or downloaded into ``cache``."""
+    if from_dir is None:
+        MNIST(cache, download=True)  # torchvision verifies each file's md5 as it downloads
+        from_dir = Path(cache) / "MNIST" / "raw"
+    x_train, y_train = read_mnist_split(from_dir, "train")
+    x_test, y_test = read_mnist_split(from_dir, "test")
+    return DatasetArrays(x_train.numpy(), y_train.numpy(), x_test.numpy(), y_test.numpy(),
+                         classes=[str(i) for i in range(10)],
+                         metadata={"source": "MNIST (LeCun, Cortes, Burges), original IDX files", "md5": MD5,
+                                   "split": "the official 60,000 / 10,000 split"})

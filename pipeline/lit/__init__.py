@@ -1,0 +1,1 @@
+"""Lightning wrappers around the plain-PyTorch core."""

@@ -1,0 +1,100 @@
+"""A LightningDataModule over a prepared dataset held in memory as tensors.
+
+The uint8 arrays are moved once to the training device; each batch is taken by indexing (no
+per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is seeded per epoch
+(seed + epoch), so a resumed run sees the same order as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from pipeline.data.arrays import DatasetArrays
+from pipeline.data.augment import Augment
+
+
+class TensorBatches:
+    """Iterates ``(x, y)`` batches of in-memory tensors, by index, optionally shuffled by epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.x), generator=g).to(self.x.device)
+        else:
+            order = torch.arange(len(self.x), device=self.x.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) index split of ``n`` training points."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class ArraysDataModule(L.LightningDataModule):
+    """Train / validation / test batches from ``<data_dir>/<dataset>.npz``.
+
+    The validation split is carved out of the training data (``val_fraction``, seeded), so
+    model selection never looks at the test set.
+    """
+
+    def __init__(self, data_dir: str | Path, dataset: str, batch_size: int, augmentation: str = "none",
+                 val_fraction: float = 0.1, seed: int = 0, eval_batch_size: int = 1024):
+        super().__init__()
+        self.data_dir, self.dataset, self.batch_size = Path(data_dir), dataset, batch_size
+        self.eval_batch_size, self.val_fraction, self.seed = eval_batch_size, val_fraction, seed
+        self.augment = Augment(augmentation, seed=seed)
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_value = 255
+        self.val_indices: np.ndarray | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:
+            return
+        arrays = DatasetArrays.load(self.data_dir, self.dataset)
+        self.max_value = arrays.max_value
+        train_idx, self.val_indices = split_validation(len(arrays.x_train), self.val_fraction, self.seed)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        as_tensors = lambda x, y: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        self.tensors = {
+            "train": as_tensors(arrays.x_train[train_idx], arrays.y_train[train_idx]),
+            "val": as_tensors(arrays.x_train[self.val_indices], arrays.y_train[self.val_indices]),
+            "test": as_tensors(arrays.x_test, arrays.y_test),
+        }
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.tensors["train"][0].shape[1:])
+
+    def train_dataloader(self) -> TensorBatches:
+        batches = TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed)
+        batches.epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return batches
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.tensors["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.tensors["test"], self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        x = x.float() / self.max_value
+        if self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, y
