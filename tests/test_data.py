@@ -8,6 +8,7 @@ import shutil
 import tarfile
 import zipfile
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -106,9 +107,14 @@ def make_cifar_archive(folder, per_batch=4):
     return path
 
 
+def trusted(module, archive, monkeypatch):
+    """Make ``module`` accept the generated ``archive`` as its original file."""
+    monkeypatch.setattr(module, "ARCHIVE_MD5", md5(archive))
+    return archive
+
+
 def test_cifar10_archive_reader(tmp_path, monkeypatch):
-    archive = make_cifar_archive(tmp_path)
-    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", md5(archive))
+    trusted(cifar10, make_cifar_archive(tmp_path), monkeypatch)
     data = cifar10.load(tmp_path, tmp_path / "cache")
     assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
     assert data.x_train[4, 0, 0, 0] == 1 and data.x_train[4, 1, 5, 5] == 101 and data.x_train[4, 2, 31, 31] == 200
@@ -116,8 +122,7 @@ def test_cifar10_archive_reader(tmp_path, monkeypatch):
 
 
 def test_cifar10_corrupt_archive(tmp_path, monkeypatch):
-    archive = make_cifar_archive(tmp_path)
-    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", md5(archive))
+    archive = trusted(cifar10, make_cifar_archive(tmp_path), monkeypatch)
     archive.write_bytes(archive.read_bytes()[:-10])
     with pytest.raises(Exception, match="truncated or corrupt"):
         cifar10.load(tmp_path, tmp_path / "cache")
@@ -145,8 +150,7 @@ def make_tinyimagenet_archive(folder, wnids=("n01", "n02", "n03"), per_class=3):
 
 
 def test_tinyimagenet_archive_reader(tmp_path, monkeypatch):
-    archive = make_tinyimagenet_archive(tmp_path)
-    monkeypatch.setattr(tinyimagenet, "ARCHIVE_MD5", md5(archive))
+    trusted(tinyimagenet, make_tinyimagenet_archive(tmp_path), monkeypatch)
     data = tinyimagenet.load(tmp_path, tmp_path / "cache")
     assert data.x_train.shape == (9, 3, 64, 64) and data.x_test.shape == (3, 3, 64, 64)
     assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and data.y_test.tolist() == [2, 1, 0]
@@ -212,12 +216,43 @@ def test_validation_split_is_seeded_and_disjoint():
 
 def test_batches_cover_each_epoch_and_reshuffle_reproducibly():
     x, y = torch.arange(250)[:, None], torch.arange(250)
-    batches = TensorBatches(x, y, 64, shuffle=True, seed=1)
+    epoch = [0]
+    batches = TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: epoch[0])
     epoch0 = torch.cat([b for _, b in batches])
     assert len(batches) == 4 and sorted(epoch0.tolist()) == list(range(250))
-    batches.epoch = 1
+    epoch[0] = 1
     epoch1 = torch.cat([b for _, b in batches])
     assert not torch.equal(epoch0, epoch1)
-    again = TensorBatches(x, y, 64, shuffle=True, seed=1)
-    again.epoch = 1
+    again = TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: 1)
     assert torch.equal(torch.cat([b for _, b in again]), epoch1)  # a resumed run sees the same order
+
+
+class Recorder(L.LightningModule):
+    """Records what the Trainer feeds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(64, 10)
+        self.seen, self.first_batches = [], []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if batch_idx == 0:
+            self.first_batches.append(y.clone())
+        self.seen.append((x.min().item(), x.max().item(), x.dtype))
+        return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_trains_from_the_datamodule_with_new_order_each_epoch(tmp_path):
+    prepare.main(["digits", "--out", str(tmp_path)])
+    module = ArraysDataModule(tmp_path, "digits", batch_size=256, augmentation="default", seed=0)
+    model = Recorder()
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=module)
+    assert len(model.first_batches) == 3
+    assert not torch.equal(model.first_batches[0], model.first_batches[1])
+    assert all(lo >= 0 and hi <= 1 and dtype == torch.float32 for lo, hi, dtype in model.seen)

@@ -7,6 +7,7 @@ per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -17,18 +18,21 @@ from pipeline.data.augment import Augment
 
 
 class TensorBatches:
-    """Iterates ``(x, y)`` batches of in-memory tensors, by index, optionally shuffled by epoch."""
+    """Iterates ``(x, y)`` batches of in-memory tensors, by index, optionally shuffled by epoch.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-        self.x, self.y, self.batch_size, self.shuffle, self.seed = x, y, batch_size, shuffle, seed
-        self.epoch = 0
+    ``epoch`` is asked at the start of every pass (Lightning builds the loader only once).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 epoch: Callable[[], int] = lambda: 0):
+        self.x, self.y, self.batch_size, self.shuffle, self.seed, self.epoch = x, y, batch_size, shuffle, seed, epoch
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
 
     def __iter__(self):
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            g = torch.Generator().manual_seed(self.seed + self.epoch())
             order = torch.randperm(len(self.x), generator=g).to(self.x.device)
         else:
             order = torch.arange(len(self.x), device=self.x.device)
@@ -82,9 +86,8 @@ class ArraysDataModule(L.LightningDataModule):
         return tuple(self.tensors["train"][0].shape[1:])
 
     def train_dataloader(self) -> TensorBatches:
-        batches = TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed)
-        batches.epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return batches
+        return TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed,
+                             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0)
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.tensors["val"], self.eval_batch_size, shuffle=False)
