@@ -47,11 +47,11 @@ class LipschitzLinear(nn.Module):
     def _register_iterate(self, shape: tuple[int, ...], generator: torch.Generator | None) -> None:
         self.register_buffer("u", _unit(torch.randn(shape, generator=generator)))
 
-    def linear_map(self, x: torch.Tensor) -> torch.Tensor:
-        """A x without bias. Shape: same batch layout as ``forward``."""
+    def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """A x without bias, with ``weight`` in place of the layer's own if given. Shape: as ``forward``."""
         raise NotImplementedError
 
-    def adjoint_map(self, y: torch.Tensor) -> torch.Tensor:
+    def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """A^T y, the adjoint of ``linear_map``."""
         raise NotImplementedError
 
