@@ -17,6 +17,7 @@ from torchvision.io import encode_jpeg
 from pipeline.data import cifar10, mnist, tinyimagenet
 from pipeline.data.arrays import DatasetArrays
 from pipeline.data.mnist import read_mnist_split
+from pipeline.data.sources import load_source
 from pipeline.lit.datamodule import ArraysDataModule, TensorBatches, split_validation
 from pipeline.stages import prepare
 
@@ -115,7 +116,7 @@ def trusted(module, archive, monkeypatch):
 
 def test_cifar10_archive_reader(tmp_path, monkeypatch):
     trusted(cifar10, make_cifar_archive(tmp_path), monkeypatch)
-    data = cifar10.load(tmp_path, tmp_path / "cache")
+    data = load_source("cifar10", tmp_path, tmp_path / "cache")
     assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
     assert data.x_train[4, 0, 0, 0] == 1 and data.x_train[4, 1, 5, 5] == 101 and data.x_train[4, 2, 31, 31] == 200
     assert data.y_test.tolist() == [5] * 4 and data.classes[3] == "class3"
@@ -125,7 +126,7 @@ def test_cifar10_corrupt_archive(tmp_path, monkeypatch):
     archive = trusted(cifar10, make_cifar_archive(tmp_path), monkeypatch)
     archive.write_bytes(archive.read_bytes()[:-10])
     with pytest.raises(Exception, match="truncated or corrupt"):
-        cifar10.load(tmp_path, tmp_path / "cache")
+        load_source("cifar10", tmp_path, tmp_path / "cache")
 
 
 def make_tinyimagenet_archive(folder, wnids=("n01", "n02", "n03"), per_class=3):
@@ -151,7 +152,7 @@ def make_tinyimagenet_archive(folder, wnids=("n01", "n02", "n03"), per_class=3):
 
 def test_tinyimagenet_archive_reader(tmp_path, monkeypatch):
     trusted(tinyimagenet, make_tinyimagenet_archive(tmp_path), monkeypatch)
-    data = tinyimagenet.load(tmp_path, tmp_path / "cache")
+    data = load_source("tinyimagenet", tmp_path, tmp_path / "cache")
     assert data.x_train.shape == (9, 3, 64, 64) and data.x_test.shape == (3, 3, 64, 64)
     assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and data.y_test.tolist() == [2, 1, 0]
     means = data.x_train.reshape(9, -1).mean(axis=1)
@@ -163,7 +164,7 @@ def test_tinyimagenet_wrong_archive(tmp_path, monkeypatch):
     archive = make_tinyimagenet_archive(tmp_path)
     monkeypatch.setattr(tinyimagenet, "ARCHIVE_MD5", "0" * 32)
     with pytest.raises(Exception, match=f"{archive}.*expected 0000"):
-        tinyimagenet.load(tmp_path, tmp_path / "cache")
+        load_source("tinyimagenet", tmp_path, tmp_path / "cache")
 
 
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
@@ -181,8 +182,6 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_missing_folder(tmp_path):
-    from pipeline.data.sources import load_source
-
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load_source("svhn")
     with pytest.raises(FileNotFoundError, match="no such directory"):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from torchvision.datasets import CIFAR10
-from torchvision.datasets.utils import download_url
 
 from .arrays import DatasetArrays
 from .verify import DataIntegrityError, verify_file
@@ -41,10 +40,3 @@ def read_archive(archive: Path) -> DatasetArrays:
                          metadata={"source": f"CIFAR-10 ({URL})", "md5": {ARCHIVE: ARCHIVE_MD5},
                                    "split": "the official 50,000 / 10,000 split"})
 
-
-def load(from_dir: Path | None, cache: Path) -> DatasetArrays:
-    """CIFAR-10 from ``from_dir/cifar-10-python.tar.gz`` or downloaded into ``cache``."""
-    if from_dir is None:
-        download_url(URL, cache, ARCHIVE, ARCHIVE_MD5)
-        from_dir = cache
-    return read_archive(Path(from_dir) / ARCHIVE)

@@ -1,12 +1,24 @@
 """The dataset sources by name."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from types import ModuleType
+
+from torchvision.datasets.utils import download_url
 
 from . import cifar10, digits, mnist, tinyimagenet
 from .arrays import DatasetArrays
 
 SOURCES = ("digits", "mnist", "cifar10", "tinyimagenet")
+
+
+def _read_original_archive(source: ModuleType, from_dir: Path | None, cache: Path) -> DatasetArrays:
+    """Read ``source.ARCHIVE`` from ``from_dir``, or download it (md5-checked) into ``cache`` first."""
+    if from_dir is None:
+        download_url(source.URL, cache, source.ARCHIVE, source.ARCHIVE_MD5)
+        from_dir = cache
+    return source.read_archive(Path(from_dir) / source.ARCHIVE)
 
 
 def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("data/downloads")) -> DatasetArrays:
@@ -16,7 +28,9 @@ def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("dat
     """
     if name == "digits":
         return digits.load()
-    loaders = {"mnist": mnist.load, "cifar10": cifar10.load, "tinyimagenet": tinyimagenet.load}
+    loaders = {"mnist": mnist.load,
+               "cifar10": partial(_read_original_archive, cifar10),
+               "tinyimagenet": partial(_read_original_archive, tinyimagenet)}
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; expected one of {SOURCES}")
     if from_dir is not None and not Path(from_dir).is_dir():

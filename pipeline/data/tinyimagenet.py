@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import download_url
 from torchvision.io import ImageReadMode, decode_image
 from tqdm import tqdm
 
@@ -59,10 +58,3 @@ def read_archive(path: Path) -> DatasetArrays:
                          metadata={"source": f"Tiny-ImageNet-200 ({URL})", "md5": {ARCHIVE: ARCHIVE_MD5},
                                    "wnids": wnids, "split": "train (500 per class) / official val as test (50 per class)"})
 
-
-def load(from_dir: Path | None, cache: Path) -> DatasetArrays:
-    """Tiny-ImageNet from ``from_dir/tiny-imagenet-200.zip`` or downloaded into ``cache``."""
-    if from_dir is None:
-        download_url(URL, cache, ARCHIVE, ARCHIVE_MD5)
-        from_dir = cache
-    return read_archive(Path(from_dir) / ARCHIVE)
