@@ -72,8 +72,10 @@ def _draw(pool: torch.Tensor, n: int, generator: torch.Generator | None) -> torc
 
 def global_lower_bound(f: nn.Module, pool: torch.Tensor, pairs: int = 100, steps: int = 7_500,
                        lr: float = 1e-3, generator: torch.Generator | None = None) -> LowerBound:
-    """Maximum over ``pairs`` optimised pairs, started at random points of ``pool``, with j = F(x1)."""
-    f.eval()
+    """Maximum over ``pairs`` optimised pairs, started at random points of ``pool``, with j = F(x1).
+
+    ``f`` is used as given (put it in eval mode first if it has dropout or batch norm).
+    """
     x1, x2 = _draw(pool, pairs, generator), _draw(pool, pairs, generator)
     ratios = _optimise(f, x1, x2, steps, lr, _argmax_of(f), lambda x: x)
     return LowerBound(ratios.max().item(), ratios.cpu())
@@ -82,8 +84,7 @@ def global_lower_bound(f: nn.Module, pool: torch.Tensor, pairs: int = 100, steps
 def local_lower_bound(f: nn.Module, pool: torch.Tensor, eps: float, centres: int = 100, steps: int = 5_000,
                       lr: float = 1e-3, generator: torch.Generator | None = None) -> LowerBound:
     """Mean over ``centres`` random points x0 of the best ratio with x1, x2 kept in the eps-ball
-    around x0 (projected after every step) and j = F(x0)."""
-    f.eval()
+    around x0 (projected after every step) and j = F(x0). ``f`` is used as given."""
     x0 = _draw(pool, centres, generator)
     with torch.no_grad():
         j0 = f(x0).argmax(dim=1)

@@ -6,6 +6,7 @@ per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is se
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -81,9 +82,10 @@ class ArraysDataModule(L.LightningDataModule):
             "test": as_tensors(arrays.x_test, arrays.y_test),
         }
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.tensors["train"][0].shape[1:])
+    def describe(self) -> tuple[list[int], int]:
+        """Input shape ``[C, H, W]`` and class count, from the metadata alone (no arrays loaded)."""
+        meta = json.loads((self.data_dir / f"{self.dataset}.json").read_text())
+        return meta["shapes"]["x_train"][1:], len(meta["classes"])
 
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed,

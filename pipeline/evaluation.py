@@ -1,0 +1,128 @@
+"""Certification of a test set: clean accuracy, attack accuracy, VRA under both bounds, cost, and
+the paper's statements checked on the actual outputs (Theorem 4, Lemma 1, Theorem 2).
+
+Works on any logit network f (e.g. the exported ``model.pt2``) and margin bounds K, so the numbers
+are those an outsider gets from the exported files.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.gloro.attacks import pgd_l2
+from pipeline.gloro.model import Certificate, certify_logits
+from pipeline.measure import inference_mb_per_instance
+
+
+THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound", "lemma1_violations",
+                  "theorem2_violations")
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    steps: int
+    restarts: int
+    objectives: tuple[str, ...] = ("ce", "margin")
+
+
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def attack_fools(f: Callable, x: torch.Tensor, labels: torch.Tensor, eps: float, settings: AttackSettings,
+                 seed: int, batch_size: int = 500) -> torch.Tensor:
+    """Per point, whether any of the attacks finds an input within eps that f labels otherwise."""
+    generator = torch.Generator().manual_seed(seed)
+    fooled = torch.zeros(len(x), dtype=torch.bool)
+    for objective in settings.objectives:
+        for i in range(0, len(x), batch_size):
+            xb, lb = x[i:i + batch_size], labels[i:i + batch_size]
+            todo = ~fooled[i:i + batch_size]
+            if not todo.any():
+                continue
+            adv = pgd_l2(f, xb[todo], lb[todo], eps, settings.steps, restarts=settings.restarts,
+                         objective=objective, generator=generator)
+            with torch.no_grad():
+                hit = f(adv).argmax(dim=1) != lb[todo]
+            idx = torch.nonzero(todo)[:, 0] + i
+            fooled[idx[hit]] = True
+    return fooled
+
+
+def pair_violations(x: torch.Tensor, prediction: torch.Tensor, certified: torch.Tensor, distance: float,
+                    block: int = 1024) -> tuple[int, int]:
+    """Among certified points, (pairs within ``distance`` of each other, pairs of them with different
+    predictions). Computed over all pairs, in blocks."""
+    pts, pred = x[certified].flatten(1).double(), prediction[certified]
+    close = differ = 0
+    for i in range(0, len(pts), block):
+        d = torch.cdist(pts[i:i + block], pts)
+        rows = torch.arange(i, min(i + block, len(pts)))[:, None]
+        upper = torch.arange(len(pts))[None] > rows  # each unordered pair once
+        near = (d <= distance) & upper
+        close += int(near.sum())
+        differ += int((near & (pred[i:i + block, None] != pred[None])).sum())
+    return close, differ
+
+
+def radius_curve(certificate: Certificate, labels: torch.Tensor, radii: torch.Tensor) -> list[float]:
+    """Certified accuracy at each radius: correct and certified radius >= r."""
+    correct = certificate.prediction == labels
+    return [float((correct & (certificate.radius >= r)).float().mean()) for r in radii]
+
+
+def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor, eps: float, x: torch.Tensor,
+                     y: torch.Tensor, attack: AttackSettings, seed: int = 0, batch_size: int = 1000) -> dict:
+    """All certification metrics of f on (x, y) at radius eps, with the theorem checks' counts.
+
+    Theorem 4: no certified point is broken by the attack (power and sound bounds). Lemma 1: no
+    two certified points with different predictions lie within 2 eps. Theorem 2: points within
+    eps that are both certified at eps/2 get the same prediction.
+
+    Shape:
+        ``x [N, C, H, W]`` in [0, 1], ``y [N]``, ``k``/``k_sound`` ``[m, m]``.
+    """
+    with torch.no_grad():
+        start = time.perf_counter()
+        logits = batched(f, x, batch_size)
+        plain_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        cert = certify_logits(batched(f, x, batch_size), k, eps)
+        cert_seconds = time.perf_counter() - start
+    sound = certify_logits(logits, k_sound, eps)
+    half = certify_logits(logits, k, eps / 2)
+    correct = cert.prediction == y
+    # attack the predicted label: accuracy under attack on correct points, and Theorem 4 on certified ones
+    fooled = attack_fools(f, x, cert.prediction, eps, attack, seed)
+    broken = int((cert.certified & fooled).sum())
+    broken_sound = int((sound.certified & fooled).sum())
+    lemma_pairs, lemma_violations = pair_violations(x, cert.prediction, cert.certified, 2 * eps)
+    thm2_pairs, thm2_violations = pair_violations(x, half.prediction, half.certified, eps)
+    radii = torch.linspace(0, 2 * eps, 41)
+    metrics = {
+        "n_test": len(x), "eps": eps,
+        "clean": float(correct.float().mean()),
+        "pgd": float((correct & ~fooled).float().mean()),
+        "vra": float((correct & cert.certified).float().mean()),
+        "vra_sound": float((correct & sound.certified).float().mean()),
+        "rejection": float((~cert.certified).float().mean()),
+        "certified": int(cert.certified.sum()), "certified_sound": int(sound.certified.sum()),
+        "cert_seconds": cert_seconds, "plain_inference_seconds": plain_seconds,
+        "cert_mem_mb_per_instance": inference_mb_per_instance(f, x[:batch_size]),
+        "theorem4_certified_broken": broken, "theorem4_certified_broken_sound": broken_sound,
+        "lemma1_pairs_within_2eps": lemma_pairs, "lemma1_violations": lemma_violations,
+        "theorem2_pairs_within_eps": thm2_pairs, "theorem2_violations": thm2_violations,
+        "attack": {"steps": attack.steps, "restarts": attack.restarts, "objectives": list(attack.objectives),
+                   "seed": seed},
+        "radius_curve": {"radius": radii.tolist(), "certified_accuracy": radius_curve(cert, y, radii),
+                         "certified_accuracy_sound": radius_curve(sound, y, radii)},
+    }
+    return metrics
+
+
+def theorem_failures(metrics: dict) -> dict[str, int]:
+    """The nonzero violation counts of a ``certify_test_set`` result (empty when all statements hold)."""
+    return {key: metrics[key] for key in THEOREM_CHECKS if metrics[key]}

@@ -1,0 +1,34 @@
+"""DVC stage: power iteration to convergence on the selected and last checkpoints, then export.
+
+    python -m pipeline.stages.converge <experiment>
+
+For ``best`` (selected on the validation split) and ``last``: runs every layer's power iteration
+until the estimate changes by less than ``converge_tol`` (relative), computes the provable
+per-layer bounds, and writes ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``,
+``lipschitz.json`` (see ``pipeline.artifacts``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from pipeline.artifacts import export_converged, read_checkpoint
+from pipeline.stages.common import run_stage
+
+SELECTIONS = ("best", "last")
+
+
+def converge(params, experiment) -> None:
+    for which in SELECTIONS:
+        _, net, info = read_checkpoint(f"models/{experiment.name}/train/{which}.ckpt")
+        start = time.perf_counter()
+        iterations = net.converge(experiment.converge_tol)
+        info |= {"selection": which, "converge_tol": experiment.converge_tol,
+                 "converge_iterations": iterations, "converge_seconds": time.perf_counter() - start}
+        summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")
+        print(f"{experiment.name}/{which} (epoch {info['epoch']}): {sum(iterations)} iterations, "
+              f"global bound {summary['global_ub']:.4g} (provable {summary['global_ub_sound']:.4g})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(__doc__, converge))

@@ -1,0 +1,28 @@
+"""DVC stage: robust GloRo training (or Standard training) after the warm-up, resumable.
+
+    python -m pipeline.stages.train <experiment>
+
+Writes ``models/<experiment>/train/{best,last}.ckpt`` (best = highest VRA on the validation
+split, clean accuracy for Standard models) and ``results/training/<experiment>.json``. If a
+previous run was killed, the same command resumes from ``last.ckpt``.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline.io import write_json
+from pipeline.stages.common import run_stage
+
+
+def train(params, experiment) -> None:
+    from pipeline.training import train as run
+
+    name = experiment.name
+    summary = run(params, experiment, f"data/{name}", f"models/{name}/warmup.ckpt", f"models/{name}/train")
+    write_json(f"results/training/{name}.json", summary)
+    print(f"{name}: best {summary['selection']} {summary['best_val']:.4f} at epoch {summary['best_epoch']}"
+          f" of {summary['epochs']}, {summary['sec_per_epoch']:.2f} s/epoch")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(__doc__, train))

@@ -1,0 +1,22 @@
+"""DVC stage: warm-up epochs of plain cross-entropy (Lee et al., 2020), the robust run's start.
+
+    python -m pipeline.stages.warmup <experiment>
+
+Writes ``models/<experiment>/warmup.ckpt`` (with 0 warm-up epochs: the seeded initial weights).
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline.stages.common import run_stage
+
+
+def warm_up(params, experiment) -> None:
+    from pipeline.training import warm_up as run
+
+    checkpoint = run(params, experiment, f"data/{experiment.name}", f"models/{experiment.name}/warmup.ckpt")
+    print(f"{experiment.name}: {experiment.warmup} warm-up epoch(s) -> {checkpoint}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(__doc__, warm_up))

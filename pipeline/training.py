@@ -1,0 +1,106 @@
+"""Warm-up and robust training of one experiment through Lightning, resumable after a kill.
+
+The warm-up phase trains ``warmup`` epochs of plain cross-entropy and saves ``warmup.ckpt``. The
+robust phase continues from it to ``warmup + epochs`` epochs, keeping the best checkpoint on the
+validation split (``best.ckpt``; VRA for GloRo, clean accuracy for Standard) and the latest
+(``last.ckpt``, every epoch). Run again after an interruption, it resumes from ``last.ckpt`` if
+that checkpoint belongs to the same experiment settings and starting point; otherwise it starts over.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from pipeline.config import Experiment, Params
+from pipeline.lit.datamodule import ArraysDataModule
+from pipeline.lit.module import GloroModule
+from pipeline.tracking import lightning_logger
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, to tie a robust run to the warm-up checkpoint it started from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataModule:
+    return ArraysDataModule(data_dir, experiment.dataset, experiment.batch_size, experiment.augmentation,
+                            val_fraction=experiment.val_fraction, seed=experiment.seed)
+
+
+def _trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
+    return L.Trainer(max_epochs=max_epochs, logger=logger, accelerator="auto", devices=1,
+                     num_sanity_val_steps=0, inference_mode=False,  # power iteration writes buffers
+                     log_every_n_steps=1, enable_model_summary=False, **kwargs)
+
+
+def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path) -> Path:
+    """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically."""
+    L.seed_everything(experiment.seed, workers=True, verbose=False)
+    data = datamodule_for(experiment, data_dir)
+    module = GloroModule(experiment.as_dict(), *data.describe())
+    logger = lightning_logger(params.wandb, experiment, "warmup") if experiment.warmup else False
+    trainer = _trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(module, data)
+    checkpoint = Path(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint.with_name(f".{checkpoint.name}.partial")
+    trainer.save_checkpoint(partial)
+    os.replace(partial, checkpoint)
+    return checkpoint
+
+
+def resumable(last: Path, hparams: dict, total_epochs: int) -> bool:
+    """Whether ``last`` is an unfinished run of exactly these settings from the same start."""
+    if not last.exists():
+        return False
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as error:  # a checkpoint cut short by the kill: start over, say why
+        print(f"not resuming: {last} is unreadable ({error})")
+        return False
+    same = saved.get("hyper_parameters") == hparams
+    unfinished = saved.get("epoch", total_epochs) + 1 < total_epochs
+    if not same:
+        print(f"not resuming: {last} was trained with other settings")
+    return same and unfinished
+
+
+def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path,
+          out_dir: str | Path) -> dict:
+    """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary."""
+    L.seed_everything(experiment.seed, workers=True, verbose=False)
+    out_dir = Path(out_dir)
+    data = datamodule_for(experiment, data_dir)
+    module = GloroModule(experiment.as_dict(), *data.describe(), start=file_digest(start))
+    total = experiment.schedule().total_epochs
+    last = out_dir / "last.ckpt"
+    resume = resumable(last, dict(module.hparams), total)
+    if resume:
+        print(f"resuming {experiment.name} from {last}")
+    elif out_dir.exists():
+        shutil.rmtree(out_dir)
+    best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
+                           enable_version_counter=False)
+    latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
+    trainer = _trainer(total, lightning_logger(params.wandb, experiment, "train", log_model=True),
+                       callbacks=[best, latest])
+    trainer.fit(module, data, ckpt_path=last if resume else start)
+    best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
+    seconds = module.epoch_seconds[experiment.warmup:] or module.epoch_seconds
+    return {"experiment": experiment.name, "epochs": total, "warmup": experiment.warmup,
+            "best_epoch": best_epoch, "selection": experiment.selection_metric,
+            "best_val": float(best.best_model_score), "resumed": bool(resume),
+            "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": module.epoch_seconds,
+            "mem_mb_per_instance": module.memory_mb_per_instance,
+            "val_size": len(data.val_indices), "train_size": len(data.tensors["train"][0]),
+            "device": str(trainer.strategy.root_device)}
