@@ -4,7 +4,7 @@ On a GPU: peak allocated CUDA memory while the work runs, divided by the batch s
 PyTorch counterpart of the paper's TF ``MaxBytesInUse``). On a CPU there is no allocator peak
 to read, so the documented equivalent is the tensor memory the work must hold at once: for
 training, the bytes autograd saves for the backward pass; for inference, the bytes of every
-layer's output in one forward pass. Both are divided by the batch size and given in MB.
+tensor the forward pass creates (an upper bound on what it holds at once). Both are divided by the batch size and given in MB.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 MB = 2 ** 20
 
@@ -31,24 +33,30 @@ def saved_for_backward() -> Iterator[dict[int, int]]:
         yield storages
 
 
-def layer_output_bytes(f: nn.Module, x: torch.Tensor) -> int:
-    """Sum of the output bytes of every leaf module of ``f`` on ``x`` (no gradient)."""
-    total = 0
+class _NewTensorBytes(TorchDispatchMode):
+    """Counts the bytes of every tensor an operation creates (outputs that are views of inputs excluded)."""
 
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
+    def __init__(self):
+        super().__init__()
+        self.total = 0
 
-    leaves = [m for m in f.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            f(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.untyped_storage().nbytes()
+        return out
+
+
+def forward_bytes(f, x: torch.Tensor) -> int:
+    """Bytes of all intermediate tensors one forward pass of ``f`` creates on ``x`` (no gradient).
+
+    Works for any callable, including an exported ``model.pt2`` program.
+    """
+    with torch.no_grad(), _NewTensorBytes() as counter:
+        f(x)
+    return counter.total
 
 
 def cuda_peak_mb_per_instance(work: Callable[[], object], batch_size: int, device: torch.device) -> float:
@@ -65,4 +73,4 @@ def inference_mb_per_instance(f: nn.Module, x: torch.Tensor) -> float:
     if x.device.type == "cuda":
         with torch.no_grad():
             return cuda_peak_mb_per_instance(lambda: f(x), len(x), x.device)
-    return layer_output_bytes(f, x) / len(x) / MB
+    return forward_bytes(f, x) / len(x) / MB

@@ -76,6 +76,8 @@ def _fmt(value, digits: int = 1, percent: bool = False) -> str:
     value = 100 * value if percent else value
     if abs(value) >= 1e4:
         return f"{value:.1e}"
+    if 0 < abs(value) < 10 ** -digits:
+        return f"{value:.2g}"
     return f"{value:.{digits}f}"
 
 
@@ -87,9 +89,9 @@ def _compare(paper_value, ours, percent: bool = False, digits: int = 1) -> tuple
 
 
 def _rows(params: Params, metrics: dict, paper_rows: dict, robust_only: bool = True) -> list[str]:
-    """Paper rows in the paper's order, then our other experiments that have results."""
+    """Paper rows configured in params (in the paper's order), then our other experiments with results."""
     extra = [n for n in metrics if n not in paper_rows and (params.experiments[n].robust or not robust_only)]
-    return list(paper_rows) + extra
+    return [n for n in paper_rows if n in params.experiments] + extra
 
 
 def table_d1a(params: Params, metrics: dict) -> pd.DataFrame:
@@ -241,7 +243,7 @@ def write_all(params: Params, results: Path = Path("results")) -> dict[str, pd.D
                       " results/metrics). Memory on a CPU: bytes autograd saves for backward per instance."),
         "table_D1b": (table_d1b(params, metrics), "Figure D.1b: certification time (s, whole test set) and MB/instance",
                       "Time: one forward pass plus the bottom-logit test over the test set. Memory on a CPU: bytes of"
-                      " every layer's output per instance."),
+                      " every tensor the forward pass creates, per instance."),
         "table_D1c": (table_d1c(params, metrics), "Figure D.1c: Lipschitz bounds of the margins",
                       "UB: max_ij K_ij from converged power iteration; provable UB: from the provable per-layer"
                       " bounds. LB: Appendix F's optimised global and mean local lower bounds (steps used shown)."

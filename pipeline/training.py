@@ -51,6 +51,8 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     logger = lightning_logger(params.wandb, experiment, "warmup") if experiment.warmup else False
     trainer = _trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, data)
+    if logger:
+        logger.experiment.finish()
     checkpoint = Path(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     partial = checkpoint.with_name(f".{checkpoint.name}.partial")
@@ -92,9 +94,10 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
-    trainer = _trainer(total, lightning_logger(params.wandb, experiment, "train", log_model=True),
-                       callbacks=[best, latest])
+    logger = lightning_logger(params.wandb, experiment, "train", log_model=True)
+    trainer = _trainer(total, logger, callbacks=[best, latest])
     trainer.fit(module, data, ckpt_path=last if resume else start)
+    logger.experiment.finish()
     best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
     seconds = module.epoch_seconds[experiment.warmup:] or module.epoch_seconds
     return {"experiment": experiment.name, "epochs": total, "warmup": experiment.warmup,

@@ -81,5 +81,9 @@ def certify(params, experiment) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_stage(__doc__, certify, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(__doc__, certify))
+    sys.exit(main())

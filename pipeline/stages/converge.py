@@ -30,5 +30,9 @@ def converge(params, experiment) -> None:
               f"global bound {summary['global_ub']:.4g} (provable {summary['global_ub_sound']:.4g})")
 
 
+def main(argv=None) -> int:
+    return run_stage(__doc__, converge, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(__doc__, converge))
+    sys.exit(main())

@@ -42,5 +42,9 @@ def lower_bounds(params, experiment) -> None:
           f"(upper bound {result['lipschitz_global_ub']:.4g})")
 
 
+def main(argv=None) -> int:
+    return run_stage(__doc__, lower_bounds, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(__doc__, lower_bounds))
+    sys.exit(main())

@@ -24,5 +24,9 @@ def train(params, experiment) -> None:
           f" of {summary['epochs']}, {summary['sec_per_epoch']:.2f} s/epoch")
 
 
+def main(argv=None) -> int:
+    return run_stage(__doc__, train, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(__doc__, train))
+    sys.exit(main())

@@ -18,5 +18,9 @@ def warm_up(params, experiment) -> None:
     print(f"{experiment.name}: {experiment.warmup} warm-up epoch(s) -> {checkpoint}")
 
 
+def main(argv=None) -> int:
+    return run_stage(__doc__, warm_up, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_stage(__doc__, warm_up))
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""A miniature run of every pipeline stage in a temporary directory, resume after kill -9, and
+the exported files reproducing every certificate with plain torch."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import certify as user_certify
+from pipeline.gloro.model import certify_logits
+from pipeline.stages import certify, converge, lower_bounds, prepare, tables, train, warmup
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = ("clean", "pgd", "vra", "eps", "sec_per_epoch", "epochs", "mem_mb_per_instance", "cert_seconds",
+            "cert_mem_mb_per_instance", "lipschitz_global_ub", "lipschitz_global_lb", "lipschitz_local_lb",
+            "vra_sound", "device")
+
+
+def tiny_params(epochs: int = 3) -> dict:
+    """params.yaml shrunk: the digits MinMax default with a few epochs and a token evaluation budget."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    experiment = params["experiments"]["digits_minmax"] | {
+        "epochs": epochs, "loss": f"0.1,2.0,{epochs}", "batch_size": 256,
+        "attack": {"steps": 5, "restarts": 1},
+        "lower_bound": {"global_pairs": 4, "global_steps": 5, "local_centres": 4, "local_steps": 5, "lr": 1e-3}}
+    return params | {"run": ["tiny"], "wandb": {"mode": "offline", "project": "test", "entity": None},
+                     "experiments": params["experiments"] | {"tiny": experiment}}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temporary project directory with a tiny params.yaml; W&B offline inside it."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def test_every_stage_writes_its_outputs(workdir):
+    assert prepare.main(["tiny"]) == 0
+    assert (workdir / "data/tiny/digits.npz").exists()
+    assert warmup.main(["tiny"]) == 0
+    assert train.main(["tiny"]) == 0
+    summary = json.loads((workdir / "results/training/tiny.json").read_text())
+    assert summary["epochs"] == 3 and not summary["resumed"] and len(summary["epoch_seconds"]) == 3
+    assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (workdir / "models/tiny/train").iterdir()}
+    assert converge.main(["tiny"]) == 0
+    for which in ("best", "last"):
+        assert {"gloro.pt", "model.pt2", "lipschitz.json"} <= {p.name for p in (workdir / f"models/tiny/{which}").iterdir()}
+    assert certify.main(["tiny"]) == 0
+    cert = json.loads((workdir / "results/certification/tiny.json").read_text())
+    assert cert["theorem4_certified_broken"] == cert["lemma1_violations"] == cert["theorem2_violations"] == 0
+    assert cert["export_mismatches"] == 0 and cert["last"]["epoch"] == 3
+    assert (workdir / "results/plots/radius/tiny.csv").read_text().startswith("radius,certified_accuracy")
+    assert lower_bounds.main(["tiny"]) == 0
+    bounds = json.loads((workdir / "results/lower_bounds/tiny.json").read_text())
+    assert 0 < bounds["lipschitz_global_lb"] <= bounds["lipschitz_global_ub"] * (1 + 1e-6)
+    assert tables.main([]) == 0
+    metrics = json.loads((workdir / "results/metrics/tiny.json").read_text())
+    assert set(CONTRACT) <= set(metrics)
+    assert all(0 <= metrics[k] <= 1 for k in ("clean", "pgd", "vra", "vra_sound"))
+    for name in ("D1a", "D1b", "D1c", "B1", "B2", "C1"):
+        assert (workdir / f"results/table_{name}.csv").exists()
+        assert (workdir / f"results/table_{name}.md").read_text().startswith("# ")
+    d1a = (workdir / "results/table_D1a.md").read_text()
+    assert "| tiny " in d1a and "not run / 99.0" in d1a  # paper rows we did not run say so
+    assert list((workdir / "wandb").glob("offline-run-*")), "W&B runs are written offline, no account needed"
+
+    # An outsider with only model.pt2 and lipschitz.json (plain torch) gets identical certificates.
+    data = __import__("numpy").load(workdir / "data/tiny/digits.npz")
+    x = torch.from_numpy(data["x_test"]).float() / 16
+    f = torch.export.load(workdir / "models/tiny/best/model.pt2").module()
+    lipschitz = json.loads((workdir / "models/tiny/best/lipschitz.json").read_text())
+    with torch.no_grad():
+        theirs = certify_logits(f(x), torch.tensor(lipschitz["K"]), lipschitz["eps"])
+    assert int(theirs.certified.sum()) == cert["certified"]
+
+    # Users' own inputs: python -m pipeline.certify
+    numpy = __import__("numpy")
+    numpy.savez(workdir / "X.npz", x=x.numpy(), y=data["y_test"])
+    assert user_certify.main(["--model", "models/tiny", "--input", "X.npz", "--out", "out.csv"]) == 0
+    rows = (workdir / "out.csv").read_text().splitlines()
+    assert rows[0] == "index,prediction,certified,radius,label" and len(rows) == len(x) + 1
+    assert sum(r.split(",")[2] == "True" for r in rows[1:]) == cert["certified_sound"]
+    numpy.savez(workdir / "bad.npz", x=x.numpy()[:, :, :4])
+    assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 1
+
+
+def _epoch_of(checkpoint: Path) -> int:
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:
+        return -1
+
+
+def test_killed_training_resumes_from_last_checkpoint(workdir):
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=40)))
+    assert prepare.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=workdir, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = workdir / "models/tiny/train/last.ckpt"
+    deadline = time.monotonic() + 120
+    while _epoch_of(last) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # kill -9 mid-training
+    process.wait()
+    killed_at = _epoch_of(last)
+    assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
+    assert train.main(["tiny"]) == 0
+    summary = json.loads((workdir / "results/training/tiny.json").read_text())
+    assert summary["resumed"] and summary["epochs"] == 40
+    assert len(summary["epoch_seconds"]) == 40, "epochs before the kill are kept, not retrained"
+    assert _epoch_of(last) == 39
+
+    # Finished: the same command now starts over (e.g. after a code change DVC re-runs it), never skips.
+    assert train.main(["tiny"]) == 0
+    assert not json.loads((workdir / "results/training/tiny.json").read_text())["resumed"]
