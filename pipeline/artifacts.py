@@ -6,8 +6,11 @@ A converged model folder ``models/<experiment>/<best|last>/`` holds:
   converged power-iteration iterates), for the project's own stages;
 * ``model.pt2``: a ``torch.export`` program of the logit network f (float32 ``[N, C, H, W]`` in
   [0, 1] -> logits ``[N, m]``, any batch size);
-* ``lipschitz.json``: ``eps``, ``K`` (m x m margin bounds from converged power iteration) and
-  ``K_sound`` (from the provable per-layer bounds), so anyone can certify with plain torch.
+* ``lipschitz.json``: ``eps``, ``K`` (m x m margin bounds from converged power iteration),
+  ``K_sound`` (from the provable per-layer bounds) and ``rounding_float64`` (per-logit bound on
+  the float64 forward pass's rounding error for inputs in [0, 1]), so anyone can certify with
+  plain torch: the paper's test with K in float32, or the provable test
+  ``f_j - f_i - eps K_sound_ij > r_i + r_j`` with f in float64.
 
 Nothing here imports Lightning: a Lightning checkpoint is read with ``torch.load``.
 """
@@ -52,6 +55,7 @@ def lipschitz_summary(net: GloroNet) -> dict:
         power = [layer.lipschitz().item() for layer in net.layers]
     sound = [sound_spectral_norm(layer) for layer in net.layers]
     return {"eps": net.eps, "K": net.k_ij().detach().double().tolist(), "K_sound": net.k_ij_sound().tolist(),
+            "rounding_float64": net.rounding(torch.float64).tolist(),
             "layers": [{"layer": type(layer).__name__, "power": p, "sound": s}
                        for layer, p, s in zip(net.layers, power, sound)],
             "global_ub": net.global_lipschitz("power"), "global_ub_sound": net.global_lipschitz("sound")}

@@ -6,13 +6,14 @@ are those an outsider gets from the exported files.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from pipeline.gloro.attacks import pgd_l2
+from pipeline.gloro.attacks import apgd_l2, pgd_l2
 from pipeline.gloro.model import Certificate, certify_logits
 from pipeline.measure import inference_mb_per_instance
 
@@ -23,9 +24,14 @@ THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound"
 
 @dataclass(frozen=True)
 class AttackSettings:
+    """The strong attack: APGD-style L2 with each objective (CE, then the CW margin) and restarts."""
+
     steps: int
     restarts: int
     objectives: tuple[str, ...] = ("ce", "margin")
+
+
+PLAIN_PGD = AttackSettings(steps=50, restarts=1, objectives=("ce",))
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -33,8 +39,9 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_s
 
 
 def attack_fools(f: Callable, x: torch.Tensor, labels: torch.Tensor, eps: float, settings: AttackSettings,
-                 seed: int, batch_size: int = 500) -> torch.Tensor:
-    """Per point, whether any of the attacks finds an input within eps that f labels otherwise."""
+                 seed: int, batch_size: int = 500, attack: Callable = apgd_l2) -> torch.Tensor:
+    """Per point, whether any of the attacks (one per objective) finds an input within eps that f
+    labels otherwise. Each objective only attacks the points the earlier ones did not break."""
     generator = torch.Generator().manual_seed(seed)
     fooled = torch.zeros(len(x), dtype=torch.bool)
     for objective in settings.objectives:
@@ -43,7 +50,7 @@ def attack_fools(f: Callable, x: torch.Tensor, labels: torch.Tensor, eps: float,
             todo = ~fooled[i:i + batch_size]
             if not todo.any():
                 continue
-            adv = pgd_l2(f, xb[todo], lb[todo], eps, settings.steps, restarts=settings.restarts,
+            adv = attack(f, xb[todo], lb[todo], eps, settings.steps, restarts=settings.restarts,
                          objective=objective, generator=generator)
             with torch.no_grad():
                 hit = f(adv).argmax(dim=1) != lb[todo]
@@ -74,9 +81,14 @@ def radius_curve(certificate: Certificate, labels: torch.Tensor, radii: torch.Te
     return [float((correct & (certificate.radius >= r)).float().mean()) for r in radii]
 
 
-def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor, eps: float, x: torch.Tensor,
-                     y: torch.Tensor, attack: AttackSettings, seed: int = 0, batch_size: int = 1000) -> dict:
+def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor, rounding_float64: torch.Tensor,
+                     eps: float, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, seed: int = 0,
+                     batch_size: int = 1000) -> dict:
     """All certification metrics of f on (x, y) at radius eps, with the theorem checks' counts.
+
+    ``vra`` is the paper's certificate: float32 logits against ``k`` (power iteration).
+    ``vra_sound`` is provable: float64 logits against ``k_sound``, margins reduced by the
+    forward pass's rounding bound ``rounding_float64``.
 
     Theorem 4: no certified point is broken by the attack (power and sound bounds). Lemma 1: no
     two certified points with different predictions lie within 2 eps. Theorem 2: points within
@@ -92,11 +104,15 @@ def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor,
         start = time.perf_counter()
         cert = certify_logits(batched(f, x, batch_size), k, eps)
         cert_seconds = time.perf_counter() - start
-    sound = certify_logits(logits, k_sound, eps)
+    f64 = copy.deepcopy(f).double()
+    with torch.no_grad():
+        logits64 = batched(f64, x.double(), batch_size)
+    sound = certify_logits(logits64, k_sound, eps, rounding_float64)
     half = certify_logits(logits, k, eps / 2)
     correct = cert.prediction == y
     # attack the predicted label: accuracy under attack on correct points, and Theorem 4 on certified ones
     fooled = attack_fools(f, x, cert.prediction, eps, attack, seed)
+    plain = attack_fools(f, x, cert.prediction, eps, PLAIN_PGD, seed, attack=pgd_l2)
     broken = int((cert.certified & fooled).sum())
     broken_sound = int((sound.certified & fooled).sum())
     lemma_pairs, lemma_violations = pair_violations(x, cert.prediction, cert.certified, 2 * eps)
@@ -106,6 +122,8 @@ def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor,
         "n_test": len(x), "eps": eps,
         "clean": float(correct.float().mean()),
         "pgd": float((correct & ~fooled).float().mean()),
+        "pgd_plain50": float((correct & ~plain).float().mean()),
+        "broken_by_plain_not_strong": int((plain & ~fooled).sum()),
         "vra": float((correct & cert.certified).float().mean()),
         "vra_sound": float((correct & sound.certified).float().mean()),
         "rejection": float((~cert.certified).float().mean()),
@@ -115,8 +133,9 @@ def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor,
         "theorem4_certified_broken": broken, "theorem4_certified_broken_sound": broken_sound,
         "lemma1_pairs_within_2eps": lemma_pairs, "lemma1_violations": lemma_violations,
         "theorem2_pairs_within_eps": thm2_pairs, "theorem2_violations": thm2_violations,
-        "attack": {"steps": attack.steps, "restarts": attack.restarts, "objectives": list(attack.objectives),
-                   "seed": seed},
+        "attack": {"method": "APGD-style L2 (pipeline.gloro.attacks.apgd_l2)", "steps": attack.steps,
+                   "restarts": attack.restarts, "objectives": list(attack.objectives), "seed": seed,
+                   "baseline": "pgd_plain50: plain L2 PGD, CE, 50 steps of 2.5 eps / 50, 1 restart"},
         "radius_curve": {"radius": radii.tolist(), "certified_accuracy": radius_curve(cert, y, radii),
                          "certified_accuracy_sound": radius_curve(sound, y, radii)},
     }

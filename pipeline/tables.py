@@ -16,7 +16,8 @@ from pipeline.config import Experiment, Params
 from pipeline.io import atomic_open, write_json
 
 NOT_RUN = "not run"
-DATASETS = {"digits": "digits", "mnist": "MNIST", "cifar10": "CIFAR-10", "tinyimagenet": "Tiny-ImageNet"}
+DATASETS = {"digits": "digits", "mnist": "MNIST", "mnist_t10k": "MNIST t10k proxy", "cifar10": "CIFAR-10",
+            "tinyimagenet": "Tiny-ImageNet"}
 STAGE_OUTPUTS = ("training", "certification", "lower_bounds")
 B_COLUMNS = ("dataset", "architecture", "augmentation", "warmup", "batch_size", "epochs", "eps_train", "eps_test",
              "init", "init_lr", "lr_decay", "loss", "eps_schedule", "power_iterations")

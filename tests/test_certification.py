@@ -79,3 +79,16 @@ def test_no_certified_mnist_digit_is_broken(mnist_net, report):
 def test_weakened_bound_is_caught_on_mnist(mnist_net):
     net, x, _ = mnist_net
     assert broken_certificates(net, x, net.k_ij() * 0.1, 0.3)[1] > 0
+
+
+def test_strong_attack_finds_at_least_what_plain_pgd_finds(digits_net, digits, report):
+    """The certification stage's attack (APGD-style, CE and margin, restarts) against plain 50-step PGD."""
+    from pipeline.evaluation import PLAIN_PGD, AttackSettings, attack_fools
+
+    x, y = digits[2], digits[3]
+    strong = attack_fools(digits_net.f, x, y, 0.3, AttackSettings(100, 2), seed=0)
+    plain = attack_fools(digits_net.f, x, y, 0.3, PLAIN_PGD, seed=0, attack=pgd_l2)
+    assert strong.sum() >= plain.sum()
+    assert (plain & ~strong).sum() <= 0.01 * len(x)
+    report(f"attack on digits eps 0.3: strong (APGD-style) breaks {int(strong.sum())}/{len(x)}, "
+           f"plain PGD-50 {int(plain.sum())}; found only by plain: {int((plain & ~strong).sum())}")

@@ -43,3 +43,20 @@ def load(from_dir: Path | None, cache: Path) -> DatasetArrays:
                          classes=[str(i) for i in range(10)],
                          metadata={"source": "MNIST (LeCun, Cortes, Burges), original IDX files", "md5": MD5,
                                    "split": "the official 60,000 / 10,000 split"})
+
+
+T10K_TRAIN = 8000
+
+
+def load_t10k(from_dir: Path | None, cache: Path) -> DatasetArrays:
+    """A proxy for MNIST when only its official test files are at hand (as in ``../shared/data/mnist``):
+    the first 8,000 of the 10,000 t10k images to train, the last 2,000 to test. Never downloads."""
+    if from_dir is None:
+        raise FileNotFoundError("mnist_t10k reads t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from a "
+                                "folder: set sources.mnist_t10k in params.yaml (e.g. ../shared/data/mnist)")
+    x, y = read_mnist_split(from_dir, "test")
+    x, y = x.numpy(), y.numpy()
+    return DatasetArrays(x[:T10K_TRAIN], y[:T10K_TRAIN], x[T10K_TRAIN:], y[T10K_TRAIN:],
+                         classes=[str(i) for i in range(10)],
+                         metadata={"source": "MNIST official test set (t10k), original IDX files", "md5": MD5,
+                                   "split": f"proxy: t10k images [0, {T10K_TRAIN}) train, [{T10K_TRAIN}, 10000) test"})

@@ -10,7 +10,7 @@ from torchvision.datasets.utils import download_url
 from . import cifar10, digits, mnist, tinyimagenet
 from .arrays import DatasetArrays
 
-SOURCES = ("digits", "mnist", "cifar10", "tinyimagenet")
+SOURCES = ("digits", "mnist", "mnist_t10k", "cifar10", "tinyimagenet")
 
 
 def _read_original_archive(source: ModuleType, from_dir: Path | None, cache: Path) -> DatasetArrays:
@@ -28,7 +28,7 @@ def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("dat
     """
     if name == "digits":
         return digits.load()
-    loaders = {"mnist": mnist.load,
+    loaders = {"mnist": mnist.load, "mnist_t10k": mnist.load_t10k,
                "cifar10": partial(_read_original_archive, cifar10),
                "tinyimagenet": partial(_read_original_archive, tinyimagenet)}
     if name not in loaders:

@@ -1,6 +1,7 @@
 """Batched L2 projected gradient descent (PGD) against a logit network."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
 import torch
@@ -69,3 +70,82 @@ def pgd_l2(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: t
                 break
             best[~fooled] = adv[~fooled]
     return best
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """AutoPGD's checkpoints: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({int(math.ceil(q * steps)) for q in p if 0 < q < 1})
+
+
+def apgd_l2(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: torch.Tensor, eps: float,
+            steps: int = 100, restarts: int = 1, objective: Objective = "ce",
+            generator: torch.Generator | None = None, momentum: float = 0.75, rho: float = 0.75) -> torch.Tensor:
+    """L2 attack with AutoPGD's step-size schedule (Croce & Hein, 2020), our implementation.
+
+    Per sample: step size starts at 2 eps and is halved at each checkpoint where fewer than
+    ``rho`` of the steps since the last one increased the loss, or where neither the step size
+    nor the best loss changed; after halving it restarts from the best point. Steps use
+    momentum 0.75. Restarts start at random points of the ball. Returns, per sample, the first
+    point found that ``f`` misclassifies, else the highest-loss point.
+
+    Shape:
+        ``x [N, ...]`` in [0, 1], ``labels [N]`` -> ``[N, ...]``.
+    """
+    if eps <= 0 or steps < 1 or restarts < 1:
+        raise ValueError(f"APGD needs eps > 0, steps >= 1 and restarts >= 1, got {eps}, {steps}, {restarts}")
+    x = x.detach()
+    n, view = len(x), (-1, *[1] * (x.dim() - 1))
+    project = lambda z: (x + project_l2(z - x, eps)).clamp(0, 1)
+    found = x.clone()
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    checkpoints = set(apgd_checkpoints(steps))
+
+    def loss_and_grad(z):
+        z = z.clone().requires_grad_(True)
+        logits = f(z)
+        loss = attack_objective(logits, labels, objective)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        return loss.detach(), grad, logits.argmax(dim=1) != labels
+
+    for _ in range(restarts):
+        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        radius = eps * torch.rand(n, generator=generator, dtype=x.dtype).to(x.device) ** (1 / x[0].numel())
+        current = project(x + direction / _flat_norm(direction) * radius.view(view))
+        previous = current.clone()
+        loss, grad, wrong = loss_and_grad(current)
+        best, best_loss = current.clone(), loss.clone()
+        step = torch.full((n,), 2 * eps, dtype=x.dtype, device=x.device)
+        increases = torch.zeros(n, device=x.device)
+        last_step, last_best, since = step.clone(), best_loss.clone(), 0
+        for k in range(1, steps + 1):
+            new = wrong & ~fooled
+            found[new], fooled = current[new], fooled | wrong
+            z = project(current + step.view(view) * grad / _flat_norm(grad).clamp_min(1e-12))
+            pull = 1.0 if k == 1 else momentum
+            proposal = project(current + pull * (z - current) + (1 - pull) * (current - previous))
+            previous, current = current, proposal
+            new_loss, grad, wrong = loss_and_grad(current)
+            increases += (new_loss > loss).float()
+            loss, since = new_loss, since + 1
+            better = loss > best_loss
+            best[better], best_loss[better] = current[better], loss[better]
+            if k in checkpoints:
+                stalled = (increases < rho * since) | ((last_step == step) & (last_best == best_loss))
+                step = torch.where(stalled, step / 2, step)
+                current[stalled] = best[stalled]
+                if stalled.any():
+                    _, grad_best, _ = loss_and_grad(best)
+                    grad[stalled] = grad_best[stalled]
+                    loss[stalled] = best_loss[stalled]
+                previous[stalled] = current[stalled]
+                increases.zero_()
+                last_step, last_best, since = step.clone(), best_loss.clone(), 0
+        new = wrong & ~fooled
+        found[new], fooled = current[new], fooled | wrong
+        found[~fooled] = best[~fooled]
+        if fooled.all():
+            break
+    return found

@@ -16,6 +16,7 @@ from torch import nn
 from .bounds import SOUND_RTOL, sound_spectral_norm
 from .activations import MinMax
 from .layers import LipschitzDense, LipschitzLinear, tracked_layers
+from .rounding import certified_with_rounding, logit_rounding_bound
 
 Bound = Literal["power", "sound"]
 ONE_LIPSCHITZ = (MinMax, nn.ReLU, nn.Flatten, nn.Identity)
@@ -72,7 +73,11 @@ def certified_radius(logits: torch.Tensor, k_ij: torch.Tensor) -> torch.Tensor:
     A zero margin gives radius 0 (ties are never certified). Shape: ``[N, m]`` -> ``[N]``.
     """
     j = predicted_class(logits)
-    margins = logits.gather(1, j[:, None]) - logits  # [N, m], >= 0
+    return certified_radius_of_margins(logits.gather(1, j[:, None]) - logits, j, k_ij)
+
+
+def certified_radius_of_margins(margins: torch.Tensor, j: torch.Tensor, k_ij: torch.Tensor) -> torch.Tensor:
+    """``min_{i != j} margin_i / K_ji`` from non-negative margins ``[N, m]`` of the predicted classes ``j``."""
     k = k_ij[j]
     ratio = torch.where(k > 0, margins / k.clamp_min(torch.finfo(k.dtype).tiny),
                         torch.where(margins > 0, torch.inf, 0.0))
@@ -89,13 +94,23 @@ class Certificate:
     radius: torch.Tensor  # [N] float
 
 
-def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> Certificate:
-    """Certify predictions from logits and margin bounds (the test is ``f_j > y_bot``, strict)."""
-    m = logits.shape[1]
-    gloro = gloro_logits(logits, k_ij.to(logits.dtype), eps)
-    return Certificate(prediction=predicted_class(logits),
-                       certified=gloro_prediction(gloro) != m,
-                       radius=certified_radius(logits, k_ij.to(logits.dtype)))
+def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
+                   rounding: torch.Tensor | None = None) -> Certificate:
+    """Certify predictions from logits and margin bounds (the test is ``f_j > y_bot``, strict).
+
+    With ``rounding`` (per-logit bounds on the logits' floating-point error, see ``rounding.py``)
+    the test and the radius hold for the exact network, not only for the computed logits.
+    """
+    if rounding is None:
+        gloro = gloro_logits(logits, k_ij.to(logits.dtype), eps)
+        return Certificate(prediction=predicted_class(logits), certified=gloro_prediction(gloro) != logits.shape[1],
+                           radius=certified_radius(logits, k_ij.to(logits.dtype)))
+    j = predicted_class(logits)
+    wide = logits.double()
+    rounding = rounding.double().expand_as(wide)
+    margins = (wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])).clamp_min(0)
+    return Certificate(prediction=j, certified=certified_with_rounding(logits, k_ij, eps, rounding),
+                       radius=certified_radius_of_margins(margins, j, k_ij.double()))
 
 
 class GloroNet(nn.Module):
@@ -169,9 +184,21 @@ class GloroNet(nn.Module):
         return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
 
     @torch.no_grad()
+    def rounding(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Per-logit bound on the forward pass's rounding error for inputs in [0, 1] (``rounding.py``). ``[m]``."""
+        return logit_rounding_bound(self.f, input_shape=self.layers[0].input_shape, dtype=dtype)
+
+    @torch.no_grad()
     def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "power") -> Certificate:
-        """Predict and certify ``x`` at radius ``eps`` with the ``power`` or provable ``sound`` bound."""
-        return certify_logits(self.f(x), self.margin_bounds(bound), self.eps if eps is None else eps)
+        """Predict and certify ``x`` at radius ``eps``: with the ``power`` bound as the paper does, or
+        with the provable ``sound`` bound and the forward pass's rounding error accounted for.
+
+        Certify in float64 by converting the network and ``x`` (``net.double()``, ``x.double()``).
+        """
+        eps = self.eps if eps is None else eps
+        if bound == "sound":
+            return certify_logits(self.f(x), self.k_ij_sound(), eps, logit_rounding_bound(self.f, x))
+        return certify_logits(self.f(x), self.margin_bounds(bound), eps)
 
 
 def clean_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ certificate is contradicted (after writing the numbers) or the export disagrees 
 """
 from __future__ import annotations
 
+import copy
 import sys
 
 import torch
@@ -27,12 +28,16 @@ from pipeline.tracking import start_run
 
 
 def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor) -> int:
-    """Inputs whose certified flag from the exported files differs from the project's GloroNet's."""
+    """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's."""
     _, net, _ = load_gloro(directory)
     with torch.no_grad():
-        ours = net.certify(x, bound="sound").certified
-        theirs = certify_logits(f(x), torch.tensor(lipschitz["K_sound"]), lipschitz["eps"]).certified
-    return int((ours != theirs).sum())
+        power = certify_logits(f(x), torch.tensor(lipschitz["K"]), lipschitz["eps"]).certified
+        sound = certify_logits(copy.deepcopy(f).double()(x.double()), torch.tensor(lipschitz["K_sound"]),
+                               lipschitz["eps"], torch.tensor(lipschitz["rounding_float64"])).certified
+        net_power = net.certify(x, bound="power").certified
+        net_sound = certify_logits(copy.deepcopy(net.f).double()(x.double()), net.k_ij_sound(), net.eps,
+                                   net.rounding(torch.float64)).certified
+    return int((power != net_power).sum() + (sound != net_sound).sum())
 
 
 def certify(params, experiment) -> int:
@@ -49,7 +54,8 @@ def certify(params, experiment) -> int:
             results[which] = dict(results["best"])
             continue
         metrics = certify_test_set(f, torch.tensor(lipschitz["K"]), torch.tensor(lipschitz["K_sound"]),
-                                   experiment.eps_test, x, y, attack, seed=experiment.seed)
+                                   torch.tensor(lipschitz["rounding_float64"]), experiment.eps_test, x, y, attack,
+                                   seed=experiment.seed)
         metrics |= {"epoch": lipschitz["epoch"], "lipschitz_global_ub": max(map(max, lipschitz["K"])),
                     "lipschitz_global_ub_sound": max(map(max, lipschitz["K_sound"])),
                     "lipschitz_layer_product": lipschitz["global_ub"],
