@@ -25,11 +25,12 @@ def run_settings(cfg: WandbConfig, group: str, job_type: str, config: dict) -> d
             "dir": os.environ.get("WANDB_DIR", "."), "reinit": "finish_previous"}
 
 
-def lightning_logger(cfg: WandbConfig, experiment: Experiment, job_type: str, log_model: bool = False):
+def lightning_logger(cfg: WandbConfig, experiment: Experiment, job_type: str, log_model: bool = False,
+                     group: str | None = None):
     """A ``WandbLogger`` for a training stage; with ``log_model`` the checkpoints become an artifact."""
     from lightning.pytorch.loggers import WandbLogger
 
-    settings = run_settings(cfg, experiment.name, job_type, experiment.as_dict())
+    settings = run_settings(cfg, group or experiment.name, job_type, experiment.as_dict())
     return WandbLogger(save_dir=settings.pop("dir"), log_model=log_model, **settings)
 
 

@@ -43,12 +43,13 @@ def _trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
                      log_every_n_steps=1, enable_model_summary=False, **kwargs)
 
 
-def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path) -> Path:
+def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path,
+            group: str | None = None) -> Path:
     """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically."""
     L.seed_everything(experiment.seed, workers=True, verbose=False)
     data = datamodule_for(experiment, data_dir)
     module = GloroModule(experiment.as_dict(), *data.describe())
-    logger = lightning_logger(params.wandb, experiment, "warmup") if experiment.warmup else False
+    logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if experiment.warmup else False
     trainer = _trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, data)
     if logger:
@@ -77,9 +78,13 @@ def resumable(last: Path, hparams: dict, total_epochs: int) -> bool:
     return same and unfinished
 
 
-def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path,
-          out_dir: str | Path) -> dict:
-    """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary."""
+def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path, out_dir: str | Path,
+          callbacks: tuple = (), group: str | None = None, job_type: str = "train") -> dict:
+    """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary.
+
+    ``callbacks`` are added to the Trainer's (e.g. Optuna's pruning callback); ``group`` and
+    ``job_type`` name the W&B run.
+    """
     L.seed_everything(experiment.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     data = datamodule_for(experiment, data_dir)
@@ -94,10 +99,12 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
-    logger = lightning_logger(params.wandb, experiment, "train", log_model=True)
-    trainer = _trainer(total, logger, callbacks=[best, latest])
-    trainer.fit(module, data, ckpt_path=last if resume else start)
-    logger.experiment.finish()
+    logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
+    trainer = _trainer(total, logger, callbacks=[best, latest, *callbacks])
+    try:
+        trainer.fit(module, data, ckpt_path=last if resume else start)
+    finally:
+        logger.experiment.finish()
     best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
     seconds = module.epoch_seconds[experiment.warmup:] or module.epoch_seconds
     return {"experiment": experiment.name, "epochs": total, "warmup": experiment.warmup,

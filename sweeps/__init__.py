@@ -1,0 +1,1 @@
+"""Optuna replay of Appendix B's greedy hyperparameter search (``python -m sweeps.greedy``)."""

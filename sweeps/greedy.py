@@ -1,0 +1,303 @@
+"""Replay Appendix B's greedy hyperparameter search with Optuna, training through the pipeline's code.
+
+    python -m sweeps.greedy --experiment digits_minmax --epoch-scale 0.05
+    python -m sweeps.greedy --experiment mnist_2c2f_minmax --storage postgresql://user@host/db   # many workers
+
+Parameters are searched one at a time in the paper's order (eps schedule, lambda, # epochs, LR
+decay, warm-up, initialisation, # power iterations, minibatch size), each an Optuna study whose
+trials train the experiment with one candidate changed and report VRA on the validation split;
+the winner carries to the next step. Trials live in the storage (SQLite file by default), so an
+interrupted search resumes without redoing finished trials, and several workers started with the
+same storage share the trials. Hopeless trials are pruned from per-epoch validation VRA. Writes
+``results/search_<experiment>.{md,csv}``: every value tried with its VRA, the chosen value and
+the paper's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from pipeline.config import ConfigError, Experiment, Params, load_params
+from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, resolve
+
+Objective = Callable[[Experiment, optuna.Trial, str], float]
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass
+class StepResult:
+    step: str
+    tried: list[tuple[str, float | None, str]] = field(default_factory=list)  # candidate, VRA, state
+    chosen: str | None = None
+    note: str = ""
+
+
+class TrialCapReached(Exception):
+    """The budget's trial cap is spent; the search stops where it is."""
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL: ``sqlite:///file.db``, ``postgresql://...``, or ``journal:file.log``."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(url)
+
+
+def _alive(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the worker running ``trial`` may still be alive (a dead one's trial is run again)."""
+    host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+    if host != socket.gethostname() or pid is None:
+        return True  # another machine's worker: trust it
+    if pid == os.getpid():
+        return False  # this process runs one trial at a time and is not running this one: interrupted
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GreedySearch:
+    """The greedy search over ``ORDER`` for one experiment; ``objective`` trains and returns VRA."""
+
+    def __init__(self, experiment: Experiment, objective: Objective, storage, budget: Budget = Budget(),
+                 tie: float = 0.01, name: str | None = None, poll_seconds: float = 1.0):
+        self.start = replace(experiment, epochs=budget.epochs(experiment.epochs))
+        if self.start.trades and "," in self.start.loss:  # a ramp over the whole run keeps spanning it
+            x, y, _ = self.start.loss.split(",")
+            self.start = replace(self.start, loss=f"{x},{y},{self.start.epochs}")
+        self.objective, self.storage, self.budget, self.tie = objective, storage, budget, tie
+        self.name = name or experiment.name
+        self.poll_seconds = poll_seconds
+        self.trials_run = 0
+
+    def study(self, step: str) -> optuna.Study:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.epochs // 4))
+        return optuna.create_study(study_name=f"{self.name}/{step}", storage=self.storage, direction="maximize",
+                                   pruner=pruner, load_if_exists=True)
+
+    def run(self) -> list[StepResult]:
+        current, results = self.start, []
+        for step in ORDER:
+            if step == "loss" and not current.trades:
+                results.append(StepResult(step, chosen=current.loss, note="not searched: the row trains with CE"))
+                continue
+            try:
+                result = self.search_step(step, current)
+            except TrialCapReached:
+                results.append(StepResult(step, note="not searched: trial cap reached"))
+                break
+            results.append(result)
+            if result.chosen is not None:
+                current = apply(current, step, result.chosen)
+        return results
+
+    def search_step(self, step: str, current: Experiment) -> StepResult:
+        study = self.study(step)
+        result = StepResult(step)
+        candidates = CANDIDATES[step](current, self.budget)
+        self.evaluate_all(study, step, current, candidates, result, stop_when_worse=step == "epochs")
+        if step == "loss":
+            self.refine_lambda(study, current, result)
+        if step == "epochs":
+            self.fewer_epochs(study, current, result)
+        scored = [(value, vra) for value, vra, _ in result.tried if vra is not None]
+        result.chosen = choose(step, scored, self.tie) if scored else getattr(current, step)
+        if not scored:
+            result.note = "every trial failed; kept the previous value"
+        return result
+
+    def evaluate_all(self, study, step, current, candidates, result, stop_when_worse: bool = False) -> None:
+        """Evaluate candidates in order (in parallel with other workers); stops early on a drop if asked."""
+        if stop_when_worse:  # sequential: each decision needs the previous result
+            previous = None
+            for value in candidates:
+                vra = self.evaluate(study, step, current, value, result)
+                if previous is not None and vra is not None and vra <= previous:
+                    return
+                previous = vra if vra is not None else previous
+            return
+        pending = list(candidates)
+        while pending:
+            waiting = []
+            for value in pending:
+                if self.evaluate(study, step, current, value, result, wait=False) is _BUSY:
+                    waiting.append(value)
+            if waiting and waiting == pending:
+                time.sleep(self.poll_seconds)
+            pending = waiting
+        # list results in candidate order whichever worker finished first, so ties break the same way
+        order = {resolve(value, current): i for i, value in enumerate(candidates)}
+        result.tried.sort(key=lambda row: order.get(row[0], len(order)))
+
+    def refine_lambda(self, study, current: Experiment, result: StepResult) -> None:
+        """Refine the best whole lambda in steps of 0.1 while VRA improves, then try ramps up to it."""
+        scores = lambda: {v: vra for v, vra, _ in result.tried if vra is not None}
+        if not scores():
+            return
+        centre = max(scores(), key=scores().get)
+        for direction in (-0.1, 0.1):
+            best_value, lam = centre, float(centre)
+            while (lam := round(lam + direction, 1)) > 0:
+                vra = self.evaluate(study, "loss", current, str(lam), result)
+                if vra is None or vra <= scores()[best_value]:
+                    break
+                best_value = str(lam)
+        best = max(scores(), key=scores().get)
+        for start in ("0.1", "0.0"):
+            self.evaluate(study, "loss", current, f"{start},{best},{{epochs}}", result)
+
+    def fewer_epochs(self, study, current: Experiment, result: StepResult) -> None:
+        """From the best epoch count, try fewer in steps of 50 (scaled) until VRA decreases."""
+        scored = {int(v): s for v, s, _ in result.tried if s is not None}
+        if not scored:
+            return
+        best = max(scored, key=scored.get)
+        fewer = [str(n) for n in dict.fromkeys(self.budget.epochs(k) for k in range(
+            round(best / self.budget.epoch_scale) - 50, 0, -50)) if n < best and str(n) not in scored]
+        self.evaluate_all(study, "epochs", current, fewer, result, stop_when_worse=True)
+
+    def evaluate(self, study: optuna.Study, step: str, current: Experiment, value: str, result: StepResult,
+                 wait: bool = True):
+        """VRA of ``current`` with ``step = value``: from a finished trial if there is one, else run it now.
+
+        Returns None for a failed (crashed) trial, or ``_BUSY`` if another worker is running it
+        and ``wait`` is false.
+        """
+        label = resolve(value, current)
+        while True:
+            mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("candidate") == label]
+            done = [t for t in mine if t.state in DONE]
+            if done:
+                return self._record(result, label, done[0])
+            if any(t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs for t in mine):
+                failed = next(t for t in mine if "error" in t.user_attrs)
+                return self._record(result, label, failed)
+            running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+            for stale in (t for t in running if not _alive(t)):
+                study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
+            if not any(_alive(t) for t in running):
+                break
+            if not wait:
+                return _BUSY
+            time.sleep(self.poll_seconds)
+        if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
+            raise TrialCapReached()
+        self.trials_run += 1
+        trial = study.ask()
+        for key, attr in (("candidate", label), ("step", step), ("host", socket.gethostname()), ("pid", os.getpid())):
+            trial.set_user_attr(key, attr)
+        experiment = apply(current, step, value)
+        try:
+            vra = self.objective(experiment, trial, f"{step}={label}")
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # left RUNNING: a later run sees its worker is gone and runs it again
+        except Exception as error:  # a crashing trial is recorded as failed; the search goes on
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            print(f"trial {step}={label} failed: {error}", file=sys.stderr)
+        else:
+            study.tell(trial, vra)
+        return self._record(result, label, study._storage.get_trial(trial._trial_id))
+
+    @staticmethod
+    def _record(result: StepResult, label: str, trial: optuna.trial.FrozenTrial) -> float | None:
+        if trial.state == optuna.trial.TrialState.PRUNED:  # its best validation VRA before it was stopped
+            vra = max(trial.intermediate_values.values(), default=None)
+        else:
+            vra = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+        if all(label != value for value, _, _ in result.tried):
+            result.tried.append((label, vra, trial.state.name.lower()))
+        return vra
+
+
+_BUSY = object()
+
+
+def training_objective(params: Params, data_dir: Path, work_dir: Path, group: str) -> Objective:
+    """Train with the pipeline's Lightning code (warm-up, then robust training) and return the best
+    validation VRA; the Optuna pruning callback stops hopeless trials from per-epoch VRA."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from pipeline.training import train, warm_up
+
+    def objective(experiment: Experiment, trial: optuna.Trial, label: str) -> float:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group)
+            pruning = PyTorchLightningPruningCallback(trial, monitor="val/vra")
+            summary = train(params, experiment, data_dir, start, Path(tmp) / "train", callbacks=(pruning,),
+                            group=group, job_type=label)
+        return summary["best_val"]
+
+    return objective
+
+
+def prepare_data(experiment: Experiment, params: Params, data_dir: Path) -> None:
+    """The experiment's dataset, prepared once for all trials."""
+    from pipeline.data.sources import load_source
+
+    if not (data_dir / f"{experiment.dataset}.npz").exists():
+        from_dir = params.sources.get(experiment.dataset)
+        load_source(experiment.dataset, from_dir and Path(from_dir), Path("data/downloads")).save(
+            data_dir, experiment.dataset)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", required=True, help="experiment name from params.yaml (its settings start the search)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL (default: sqlite:///sweeps/<experiment>.db); postgresql://... for "
+                             "workers on many machines, journal:<file> for a JournalStorage file")
+    parser.add_argument("--epoch-scale", type=float, default=1.0,
+                        help="multiply every epoch count by this (e.g. 0.05 for a quick search; default 1)")
+    parser.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
+    parser.add_argument("--tie", type=float, default=0.01,
+                        help="VRA differences up to this count as ties, settled by the paper's rules (default 0.01)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="where search_<experiment>.{md,csv} go")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        experiment = params.experiment(args.experiment)
+        if not experiment.robust:
+            raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo hyperparameters to search")
+        if not args.epoch_scale > 0:
+            raise ConfigError(f"--epoch-scale: got {args.epoch_scale}, expected a number > 0")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from sweeps.report import write_report
+
+    work_dir = Path("sweeps/work") / experiment.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(experiment, params, work_dir / "data")
+    storage = open_storage(args.storage or f"sqlite:///sweeps/{experiment.name}.db")
+    group = f"search-{experiment.name}"
+    search = GreedySearch(experiment, training_objective(params, work_dir / "data", work_dir, group), storage,
+                          Budget(args.epoch_scale, args.max_trials), args.tie)
+    started = time.perf_counter()
+    results = search.run()
+    write_report(experiment, results, args.results, Budget(args.epoch_scale, args.max_trials),
+                 time.perf_counter() - started, search.trials_run)
+    print(f"search of {experiment.name}: {search.trials_run} new trial(s), "
+          f"{time.perf_counter() - started:.0f} s -> {args.results}/search_{experiment.name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

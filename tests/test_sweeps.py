@@ -1,0 +1,165 @@
+"""The greedy search: order of steps, carry-over of winners, tie rules, resume, shared workers,
+failed trials, and a miniature real search through the Lightning training code."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from sweeps import greedy
+from sweeps.greedy import GreedySearch, open_storage
+from sweeps.steps import ORDER, Budget, choose
+
+ROOT = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def digits_minmax():
+    return load_params(ROOT / "params.yaml").experiment("digits_minmax")
+
+
+def preferring(seen: list | None = None, crash_on: str | None = None, stop_after: int | None = None):
+    """A controlled objective: VRA peaks at eps 'log', lambda 3.2, 300 epochs (scaled 3), lr 5e-07,
+    warm-up 0, orthogonal, 5 power iterations, batch 256."""
+    calls = []
+
+    def objective(e, trial, label):
+        calls.append(label)
+        if seen is not None:
+            seen.append((label, e))
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        if label == crash_on:
+            raise RuntimeError("diverged")
+        lam = float(e.loss) if "," not in e.loss else 0.0
+        return (0.5 + 0.1 * (e.eps_schedule == "log") - 0.2 * abs(lam - 3.2) - 0.05 * abs(e.epochs - 3)
+                + 0.05 * (e.lr_decay == "5e-07") + 0.05 * (e.warmup == 0) + 0.05 * (e.init == "orthogonal")
+                + 0.05 * (e.power_iterations == 5) + 0.05 * (e.batch_size == 256))
+
+    objective.calls = calls
+    return objective
+
+
+def test_steps_run_in_the_papers_order_and_winners_carry_over():
+    seen = []
+    search = GreedySearch(digits_minmax(), preferring(seen), optuna.storages.InMemoryStorage(), Budget(0.01))
+    results = search.run()
+    assert [r.step for r in results] == list(ORDER)
+    chosen = {r.step: r.chosen for r in results}
+    assert chosen == {"eps_schedule": "log", "loss": "3.2", "epochs": "3", "lr_decay": "5e-07", "warmup": "0",
+                      "init": "orthogonal", "power_iterations": "5", "batch_size": "256"}
+    lambdas = [value for value, _, _ in results[1].tried]
+    assert lambdas[:10] == [f"{float(n)}" for n in range(1, 11)]  # whole numbers first
+    assert {"3.1", "3.2", "3.3"} <= set(lambdas) and "0.1,3.2,1" in lambdas  # refined by 0.1, then ramps (over the 1 scaled epoch)
+    # every trial after a step uses that step's winner
+    assert len([e for _, e in seen if e.eps_schedule != "log"]) == 2  # only the other two eps candidates
+    first_init = next(i for i, (label, _) in enumerate(seen) if label.startswith("init="))
+    for _, e in seen[first_init:]:
+        assert (e.eps_schedule, e.loss, e.epochs, e.lr_decay, e.warmup) == ("log", "3.2", 3, "5e-07", 0)
+
+
+def test_epochs_go_up_by_100_until_vra_stops_increasing_then_down_by_50():
+    search = GreedySearch(digits_minmax(), preferring(), optuna.storages.InMemoryStorage(), Budget(0.01))
+    results = {r.step: r for r in search.run()}
+    tried = [value for value, _, _ in results["epochs"].tried]
+    assert tried[:4] == ["1", "2", "3", "4"]  # 100..400 epochs scaled by 0.01; 400 is worse than 300
+    assert "10" not in tried
+
+
+def test_tie_rules():
+    assert choose("eps_schedule", [("log", 0.8), ("single", 0.8), ("0.0,0.3,30", 0.8)], tie=0.01) == "single"
+    assert choose("eps_schedule", [("log", 0.8), ("0.0,0.3,30", 0.795)], tie=0.01) == "0.0,0.3,30"
+    assert choose("eps_schedule", [("log", 0.9), ("single", 0.8)], tie=0.01) == "log"
+    assert choose("init", [("orthogonal", 0.7), ("default", 0.695)], tie=0.01) == "default"
+    assert choose("power_iterations", [("10", 0.7), ("5", 0.7), ("1", 0.69), ("2", 0.5)], tie=0.01) == "1"
+    flat = GreedySearch(digits_minmax(), lambda e, t, l: 0.5, optuna.storages.InMemoryStorage(), Budget(0.01))
+    chosen = {r.step: r.chosen for r in flat.run()}
+    assert chosen["eps_schedule"] == "single" and chosen["init"] == "default" and chosen["power_iterations"] == "1"
+
+
+def test_a_crashing_trial_is_recorded_failed_and_the_search_goes_on():
+    objective = preferring(crash_on="eps_schedule=log")
+    results = GreedySearch(digits_minmax(), objective, optuna.storages.InMemoryStorage(), Budget(0.01)).run()
+    eps = results[0]
+    assert ("log", None, "fail") in eps.tried and eps.chosen != "log"
+    assert [r.step for r in results] == list(ORDER)
+
+
+def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    first = preferring(stop_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        GreedySearch(digits_minmax(), first, open_storage(url), Budget(0.01)).run()
+    second = preferring()
+    results = GreedySearch(digits_minmax(), second, open_storage(url), Budget(0.01)).run()
+    # the 7 finished trials are reused; the interrupted 8th (left RUNNING by a dead run) is run again
+    assert second.calls[0] == first.calls[7]
+    assert not set(second.calls) & set(first.calls[:7])
+    reference = preferring()
+    GreedySearch(digits_minmax(), reference, optuna.storages.InMemoryStorage(), Budget(0.01)).run()
+    assert len(second.calls) + 7 == len(reference.calls)
+    assert [r.chosen for r in results][-1] == "256"
+
+
+WORKER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+from pipeline.config import load_params
+from sweeps.greedy import GreedySearch, open_storage
+from sweeps.steps import Budget
+experiment = load_params({params!r}).experiment("digits_minmax")
+def objective(e, trial, label):
+    time.sleep(0.2)
+    return 0.5 + 0.1 * (e.eps_schedule == "log") + 0.05 * (e.init == "orthogonal")
+search = GreedySearch(experiment, objective, open_storage({url!r}), Budget(0.01), poll_seconds=0.1)
+print([r.chosen for r in search.run()], search.trials_run)
+"""
+
+
+def test_two_workers_share_one_storage(tmp_path):
+    url = f"journal:{tmp_path / 'search.log'}"
+    script = WORKER.format(root=str(ROOT), params=str(ROOT / "params.yaml"), url=url)
+    workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0].strip() for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    chosen = [eval(o.rsplit("] ", 1)[0] + "]") for o in outputs]
+    runs = [int(o.rsplit("] ", 1)[1]) for o in outputs]
+    assert chosen[0] == chosen[1]
+    storage = open_storage(url)
+    complete = sum(len([t for t in s.get_trials() if t.state.name == "COMPLETE"])
+                   for s in (optuna.load_study(study_name=n, storage=storage)
+                             for n in optuna.get_all_study_names(storage)))
+    assert sum(runs) <= complete + 2, "the workers split the trials rather than each running all of them"
+    assert min(runs) > 0, f"both workers ran trials: {runs}"
+
+
+def test_bad_arguments_give_clear_errors(capsys):
+    assert greedy.main(["--experiment", "digits_maxmin"]) == 2
+    assert "unknown experiment 'digits_maxmin'" in capsys.readouterr().err
+    assert greedy.main(["--experiment", "digits_standard"]) == 2
+    assert "standard model" in capsys.readouterr().err
+
+
+def test_miniature_real_search_on_digits(tmp_path, monkeypatch):
+    """Real trials through the pipeline's Lightning training, pruning callback and W&B (offline)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert greedy.main(["--experiment", "digits_minmax", "--epoch-scale", "0.05", "--max-trials", "4"]) == 0
+    table = (tmp_path / "results/search_digits_minmax.md").read_text()
+    assert "| eps_schedule " in table and "trial cap reached" in table
+    storage = open_storage(f"sqlite:///{tmp_path / 'sweeps/digits_minmax.db'}")
+    trials = optuna.load_study(study_name="digits_minmax/eps_schedule", storage=storage).get_trials()
+    assert len(trials) == 3 and all(0 <= t.value <= 1 for t in trials if t.value is not None)
+    assert all(len(t.intermediate_values) >= 1 for t in trials), "per-epoch VRA reported for pruning"
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) >= 4
