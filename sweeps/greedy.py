@@ -85,7 +85,7 @@ class GreedySearch:
         self.trials_run = 0
 
     def study(self, step: str) -> optuna.Study:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.epochs // 4))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.epochs // 2))
         return optuna.create_study(study_name=f"{self.name}/{step}", storage=self.storage, direction="maximize",
                                    pruner=pruner, load_if_exists=True)
 
@@ -120,13 +120,14 @@ class GreedySearch:
             result.note = "every trial failed; kept the previous value"
         return result
 
-    def evaluate_all(self, study, step, current, candidates, result, stop_when_worse: bool = False) -> None:
-        """Evaluate candidates in order (in parallel with other workers); stops early on a drop if asked."""
+    def evaluate_all(self, study, step, current, candidates, result, stop_when_worse: bool = False,
+                     previous: float | None = None, margin: float = 0.0) -> None:
+        """Evaluate candidates in order (in parallel with other workers), or, with ``stop_when_worse``,
+        one after another until VRA falls to ``margin`` or more below the previous candidate's (or ``previous``)."""
         if stop_when_worse:  # sequential: each decision needs the previous result
-            previous = None
             for value in candidates:
                 vra = self.evaluate(study, step, current, value, result)
-                if previous is not None and vra is not None and vra <= previous:
+                if previous is not None and vra is not None and vra <= previous - margin:
                     return
                 previous = vra if vra is not None else previous
             return
@@ -168,7 +169,8 @@ class GreedySearch:
         best = max(scored, key=scored.get)
         fewer = [str(n) for n in dict.fromkeys(self.budget.epochs(k) for k in range(
             round(best / self.budget.epoch_scale) - 50, 0, -50)) if n < best and str(n) not in scored]
-        self.evaluate_all(study, "epochs", current, fewer, result, stop_when_worse=True)
+        self.evaluate_all(study, "epochs", current, fewer, result, stop_when_worse=True, previous=scored[best],
+                          margin=self.tie)
 
     def evaluate(self, study: optuna.Study, step: str, current: Experiment, value: str, result: StepResult,
                  wait: bool = True):
