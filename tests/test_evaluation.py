@@ -1,0 +1,31 @@
+"""The certification stage's checks: pair counts for Lemma 1 / Theorem 2, failures, radius curves."""
+import pytest
+import torch
+
+from pipeline.evaluation import pair_violations, radius_curve, theorem_failures, THEOREM_CHECKS
+from pipeline.gloro.model import Certificate
+
+
+def test_pair_violations_count_close_certified_pairs_with_different_predictions():
+    x = torch.tensor([[0.0, 0.0], [0.5, 0.0], [3.0, 0.0], [3.4, 0.0], [10.0, 0.0]])[:, None]
+    prediction = torch.tensor([0, 1, 2, 2, 3])
+    certified = torch.tensor([True, True, True, True, False])
+    assert pair_violations(x, prediction, certified, distance=1.0) == (2, 1)  # (0,1) differ, (2,3) agree
+    assert pair_violations(x, prediction, certified, distance=0.45) == (1, 0)
+    assert pair_violations(x, prediction, torch.zeros(5, dtype=torch.bool), distance=100.0) == (0, 0)
+    many = torch.rand(3000, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 3, (3000,), generator=torch.Generator().manual_seed(1))
+    close, differ = pair_violations(many, labels, torch.ones(3000, dtype=torch.bool), 0.8, block=512)
+    d = torch.cdist(many.flatten(1).double(), many.flatten(1).double())
+    upper = torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)
+    assert close == int(((d <= 0.8) & upper).sum())
+    assert differ == int(((d <= 0.8) & upper & (labels[:, None] != labels[None])).sum())
+
+
+def test_theorem_failures_and_radius_curve():
+    metrics = {key: 0 for key in THEOREM_CHECKS}
+    assert theorem_failures(metrics) == {}
+    assert theorem_failures(metrics | {"lemma1_violations": 2}) == {"lemma1_violations": 2}
+    cert = Certificate(prediction=torch.tensor([0, 1, 1]), certified=torch.tensor([True, True, False]),
+                       radius=torch.tensor([0.5, 0.2, 0.0]))
+    assert radius_curve(cert, torch.tensor([0, 0, 1]), torch.tensor([0.0, 0.3, 0.6])) == pytest.approx([2 / 3, 1 / 3, 0.0])
