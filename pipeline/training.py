@@ -112,5 +112,5 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
             "best_val": float(best.best_model_score), "resumed": bool(resume),
             "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": module.epoch_seconds,
             "mem_mb_per_instance": module.memory_mb_per_instance,
-            "val_size": len(data.val_indices), "train_size": len(data.tensors["train"][0]),
+            "validation_split": data.split, "train_size": len(data.tensors["train"][0]),
             "device": str(trainer.strategy.root_device)}

@@ -53,6 +53,7 @@ def test_every_stage_writes_its_outputs(workdir):
     assert train.main(["tiny"]) == 0
     summary = json.loads((workdir / "results/training/tiny.json").read_text())
     assert summary["epochs"] == 3 and not summary["resumed"] and len(summary["epoch_seconds"]) == 3
+    assert summary["validation_split"]["size"] == round(0.1 * 1347) and summary["validation_split"]["seed"] == 0
     assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (workdir / "models/tiny/train").iterdir()}
     assert converge.main(["tiny"]) == 0
     for which in ("best", "last"):

@@ -6,6 +6,7 @@ per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is se
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,13 @@ class TensorBatches:
             yield self.x[idx], self.y[idx]
 
 
+def describe_split(n: int, val_indices: np.ndarray, fraction: float, seed: int) -> dict:
+    """What identifies the validation split: how it was drawn, its size, and a digest of its indices."""
+    return {"method": "numpy.random.default_rng(seed).permutation(n_train)[:round(n_train * fraction)]",
+            "n_train": n, "fraction": fraction, "seed": seed, "size": len(val_indices),
+            "indices_sha256": hashlib.sha256(np.asarray(val_indices, dtype=np.int64).tobytes()).hexdigest()}
+
+
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) index split of ``n`` training points."""
     if not 0 <= fraction < 1:
@@ -67,6 +75,7 @@ class ArraysDataModule(L.LightningDataModule):
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.max_value = 255
         self.val_indices: np.ndarray | None = None
+        self.split: dict = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.tensors:
@@ -74,6 +83,7 @@ class ArraysDataModule(L.LightningDataModule):
         arrays = DatasetArrays.load(self.data_dir, self.dataset)
         self.max_value = arrays.max_value
         train_idx, self.val_indices = split_validation(len(arrays.x_train), self.val_fraction, self.seed)
+        self.split = describe_split(len(arrays.x_train), self.val_indices, self.val_fraction, self.seed)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         as_tensors = lambda x, y: (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
         self.tensors = {
