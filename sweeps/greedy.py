@@ -74,7 +74,8 @@ class GreedySearch:
     """The greedy search over ``ORDER`` for one experiment; ``objective`` trains and returns VRA."""
 
     def __init__(self, experiment: Experiment, objective: Objective, storage, budget: Budget = Budget(),
-                 tie: float = 0.01, name: str | None = None, poll_seconds: float = 1.0):
+                 tie: float = 0.01, name: str | None = None, poll_seconds: float = 1.0,
+                 steps: tuple[str, ...] = ORDER):
         self.start = replace(experiment, epochs=budget.epochs(experiment.epochs))
         if self.start.trades and "," in self.start.loss:  # a ramp over the whole run keeps spanning it
             x, y, _ = self.start.loss.split(",")
@@ -82,6 +83,7 @@ class GreedySearch:
         self.objective, self.storage, self.budget, self.tie = objective, storage, budget, tie
         self.name = name or experiment.name
         self.poll_seconds = poll_seconds
+        self.steps = [step for step in ORDER if step in steps]  # always in the paper's order
         self.trials_run = 0
 
     def study(self, step: str) -> optuna.Study:
@@ -91,7 +93,7 @@ class GreedySearch:
 
     def run(self) -> list[StepResult]:
         current, results = self.start, []
-        for step in ORDER:
+        for step in self.steps:
             if step == "loss" and not current.trades:
                 results.append(StepResult(step, chosen=current.loss, note="not searched: the row trains with CE"))
                 continue
@@ -271,6 +273,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
     parser.add_argument("--tie", type=float, default=0.01,
                         help="VRA differences up to this count as ties, settled by the paper's rules (default 0.01)")
+    parser.add_argument("--steps", default=",".join(ORDER),
+                        help=f"comma-separated subset of the steps, searched in the paper's order (default: all: {','.join(ORDER)})")
     parser.add_argument("--results", type=Path, default=Path("results"), help="where search_<experiment>.{md,csv} go")
     args = parser.parse_args(argv)
     try:
@@ -280,6 +284,10 @@ def main(argv=None) -> int:
             raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo hyperparameters to search")
         if not args.epoch_scale > 0:
             raise ConfigError(f"--epoch-scale: got {args.epoch_scale}, expected a number > 0")
+        steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+        unknown = [s for s in steps if s not in ORDER]
+        if unknown or not steps:
+            raise ConfigError(f"--steps: unknown parameter(s) {unknown}; expected some of {list(ORDER)}")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -291,7 +299,7 @@ def main(argv=None) -> int:
     storage = open_storage(args.storage or f"sqlite:///sweeps/{experiment.name}.db")
     group = f"search-{experiment.name}"
     search = GreedySearch(experiment, training_objective(params, work_dir / "data", work_dir, group), storage,
-                          Budget(args.epoch_scale, args.max_trials), args.tie)
+                          Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
     started = time.perf_counter()
     results = search.run()
     write_report(experiment, results, args.results, Budget(args.epoch_scale, args.max_trials),

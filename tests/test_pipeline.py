@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from pipeline import certify as user_certify
+from pipeline.artifacts import load_gloro
 from pipeline.gloro.model import certify_logits
 from pipeline.stages import certify, converge, lower_bounds, prepare, tables, train, warmup
 
@@ -84,7 +85,9 @@ def test_every_stage_writes_its_outputs(workdir):
     lipschitz = json.loads((workdir / "models/tiny/best/lipschitz.json").read_text())
     with torch.no_grad():
         theirs = certify_logits(f(x), torch.tensor(lipschitz["K"]), lipschitz["eps"])
-    assert int(theirs.certified.sum()) == cert["certified"]
+        ours = load_gloro(workdir / "models/tiny/best")[1].certify(x, bound="power")
+    assert torch.equal(theirs.certified, ours.certified) and int(theirs.certified.sum()) == cert["certified"]
+    assert torch.equal(theirs.prediction, ours.prediction)
 
     # Users' own inputs: python -m pipeline.certify
     numpy = __import__("numpy")

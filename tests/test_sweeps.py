@@ -145,6 +145,14 @@ def test_bad_arguments_give_clear_errors(capsys):
     assert "unknown experiment 'digits_maxmin'" in capsys.readouterr().err
     assert greedy.main(["--experiment", "digits_standard"]) == 2
     assert "standard model" in capsys.readouterr().err
+    assert greedy.main(["--experiment", "digits_minmax", "--steps", "eps_schedule,learning_rate"]) == 2
+    assert "--steps: unknown parameter(s) ['learning_rate']" in capsys.readouterr().err
+
+
+def test_a_subset_of_steps_keeps_the_papers_order():
+    search = GreedySearch(digits_minmax(), preferring(), optuna.storages.InMemoryStorage(), Budget(0.01),
+                          steps=("init", "eps_schedule"))
+    assert [r.step for r in search.run()] == ["eps_schedule", "init"]
 
 
 def test_miniature_real_search_on_digits(tmp_path, monkeypatch):
