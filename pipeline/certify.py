@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import load_exported
-from pipeline.gloro.model import certify_logits
+from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
 from pipeline.io import atomic_open
 
 
@@ -67,13 +67,10 @@ def main(argv=None) -> int:
         print(f"error: --eps must be > 0, got {eps}", file=sys.stderr)
         return 1
     if args.bound == "sound":  # provable: float64 forward pass, its rounding bounded, provable K
-        f, x, rounding = f.double(), x.double(), torch.tensor(lipschitz["rounding_float64"])
+        cert = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
+                               torch.tensor(lipschitz["rounding_float64"]), args.batch_size)
     else:  # the paper's certificate: float32, converged power iteration
-        rounding = None
-    k = torch.tensor(lipschitz["K_sound" if args.bound == "sound" else "K"])
-    with torch.no_grad():
-        logits = torch.cat([f(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
-    cert = certify_logits(logits, k, eps, rounding)
+        cert = certify_logits(batched_logits(f, x, args.batch_size), torch.tensor(lipschitz["K"]), eps)
     with atomic_open(args.out, "w") as handle:
         handle.write("index,prediction,certified,radius" + (",label\n" if y is not None else "\n"))
         for i in range(len(x)):

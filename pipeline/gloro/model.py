@@ -7,6 +7,7 @@ change the prediction (Theorem 4), so every non-bottom prediction is certified.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -111,6 +112,19 @@ def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
     margins = (wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])).clamp_min(0)
     return Certificate(prediction=j, certified=certified_with_rounding(logits, k_ij, eps, rounding),
                        radius=certified_radius_of_margins(margins, j, k_ij.double()))
+
+
+@torch.no_grad()
+def batched_logits(f, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``f(x)`` computed ``batch_size`` inputs at a time, without gradient."""
+    return torch.cat([f(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def certify_float64(f: nn.Module, x: torch.Tensor, k_ij: torch.Tensor, eps: float, rounding: torch.Tensor,
+                    batch_size: int = 1000) -> Certificate:
+    """The provable certificate: a float64 copy of ``f`` on ``x``, margins reduced by ``rounding``
+    (per-logit bounds on that float64 pass's rounding error, ``rounding.logit_rounding_bound``)."""
+    return certify_logits(batched_logits(copy.deepcopy(f).double(), x.double(), batch_size), k_ij, eps, rounding)
 
 
 class GloroNet(nn.Module):

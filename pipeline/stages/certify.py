@@ -11,7 +11,6 @@ certificate is contradicted (after writing the numbers) or the export disagrees 
 """
 from __future__ import annotations
 
-import copy
 import sys
 
 import torch
@@ -21,7 +20,7 @@ from pipeline.artifacts import load_exported, load_gloro
 from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
 from pipeline.io import atomic_open, write_json
-from pipeline.gloro.model import certify_logits
+from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
 from pipeline.stages.common import run_stage
 from pipeline.stages.converge import SELECTIONS
 from pipeline.tracking import start_run
@@ -30,13 +29,11 @@ from pipeline.tracking import start_run
 def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor) -> int:
     """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's."""
     _, net, _ = load_gloro(directory)
-    with torch.no_grad():
-        power = certify_logits(f(x), torch.tensor(lipschitz["K"]), lipschitz["eps"]).certified
-        sound = certify_logits(copy.deepcopy(f).double()(x.double()), torch.tensor(lipschitz["K_sound"]),
-                               lipschitz["eps"], torch.tensor(lipschitz["rounding_float64"])).certified
-        net_power = net.certify(x, bound="power").certified
-        net_sound = certify_logits(copy.deepcopy(net.f).double()(x.double()), net.k_ij_sound(), net.eps,
-                                   net.rounding(torch.float64)).certified
+    power = certify_logits(batched_logits(f, x), torch.tensor(lipschitz["K"]), lipschitz["eps"]).certified
+    sound = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), lipschitz["eps"],
+                            torch.tensor(lipschitz["rounding_float64"])).certified
+    net_power = net.certify(x, bound="power").certified
+    net_sound = certify_float64(net.f, x, net.k_ij_sound(), net.eps, net.rounding(torch.float64)).certified
     return int((power != net_power).sum() + (sound != net_sound).sum())
 
 
