@@ -20,7 +20,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -76,10 +76,7 @@ class GreedySearch:
     def __init__(self, experiment: Experiment, objective: Objective, storage, budget: Budget = Budget(),
                  tie: float = 0.01, name: str | None = None, poll_seconds: float = 1.0,
                  steps: tuple[str, ...] = ORDER):
-        self.start = replace(experiment, epochs=budget.epochs(experiment.epochs))
-        if self.start.trades and "," in self.start.loss:  # a ramp over the whole run keeps spanning it
-            x, y, _ = self.start.loss.split(",")
-            self.start = replace(self.start, loss=f"{x},{y},{self.start.epochs}")
+        self.start = apply(experiment, "epochs", str(budget.epochs(experiment.epochs)))  # ramps rescaled too
         self.objective, self.storage, self.budget, self.tie = objective, storage, budget, tie
         self.name = name or experiment.name
         self.poll_seconds = poll_seconds
