@@ -255,3 +255,16 @@ def test_lightning_trains_from_the_datamodule_with_new_order_each_epoch(tmp_path
     assert len(model.first_batches) == 3
     assert not torch.equal(model.first_batches[0], model.first_batches[1])
     assert all(lo >= 0 and hi <= 1 and dtype == torch.float32 for lo, hi, dtype in model.seen)
+
+
+def test_digits_classes_are_far_enough_apart_for_eps_0_3(report):
+    """Lemma 1: two differently-labelled points closer than 2 eps cannot both be certified. The
+    digits default (eps 0.3) needs every pair of different classes at least 0.6 apart."""
+    data = load_source("digits")
+    x = np.concatenate([data.x_train, data.x_test]).reshape(-1, 64) / data.max_value
+    y = np.concatenate([data.y_train, data.y_test])
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    nearest_other = np.where(y[:, None] != y[None], d, np.inf).min(axis=1)
+    assert nearest_other.min() > 2 * 0.3
+    report(f"digits in [0, 1]: smallest distance between classes {nearest_other.min():.2f}, "
+           f"median nearest other-class distance {np.median(nearest_other):.2f}")
