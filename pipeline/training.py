@@ -37,7 +37,8 @@ def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataMo
                             val_fraction=experiment.val_fraction, seed=experiment.seed)
 
 
-def _trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
+def build_trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
+    """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes buffers)."""
     return L.Trainer(max_epochs=max_epochs, logger=logger, accelerator="auto", devices=1,
                      num_sanity_val_steps=0, inference_mode=False,  # power iteration writes buffers
                      log_every_n_steps=1, enable_model_summary=False, **kwargs)
@@ -50,7 +51,7 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     data = datamodule_for(experiment, data_dir)
     module = GloroModule(experiment.as_dict(), *data.describe())
     logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if experiment.warmup else False
-    trainer = _trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
+    trainer = build_trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, data)
     if logger:
         logger.experiment.finish()
@@ -100,7 +101,7 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
     logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
-    trainer = _trainer(total, logger, callbacks=[best, latest, *callbacks])
+    trainer = build_trainer(total, logger, callbacks=[best, latest, *callbacks])
     try:
         trainer.fit(module, data, ckpt_path=last if resume else start)
     finally:

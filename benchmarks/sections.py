@@ -1,0 +1,227 @@
+"""The benchmark sections of issue 8; each returns table rows (dicts) whose figures are same-run ratios."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.gloro import trades_loss
+from pipeline.gloro.lower_bounds import global_lower_bound
+
+from .timing import interleaved, median_ms, median_ratio
+from .workloads import ARCHITECTURES, Workload, network
+
+TRAIN_GOAL = 1.10      # GloRo step time / plain step time, at most
+CERT_GOAL = 0.90       # certification throughput / plain inference throughput, at least
+EPOCH_GOAL = 1.10      # full epoch (data, augmentation, Lightning) / bare forward-backward, at most
+CONVERGE_TOL = 1e-5
+
+
+def _shape(w: Workload) -> str:
+    return "x".join(map(str, w.x.shape[1:]))
+
+
+def train_row(w: Workload, repeats: int) -> dict:
+    """GloRo training step against the plain step of the same network, plus power iteration's share."""
+    times = interleaved({"plain": w.plain_step, "gloro": w.gloro_step, "power": w.power_iteration},
+                        repeats, w.x.device)
+    ratio = median_ratio(times, "gloro", "plain")
+    return {"plain_step_ms": median_ms(times, "plain"), "gloro_step_ms": median_ms(times, "gloro"),
+            "train_ratio": ratio, "train_goal": TRAIN_GOAL, "train_met": ratio <= TRAIN_GOAL,
+            "power_iteration_share": median_ratio(times, "power", "plain")}
+
+
+def cert_row(w: Workload, repeats: int) -> dict:
+    """Certification throughput (power and provable bound) as a fraction of plain inference's."""
+    times = interleaved({"plain": w.inference, "certify": w.certify, "sound": w.sound_certifier()},
+                        repeats, w.x.device)
+    ratio = 1 / median_ratio(times, "certify", "plain")
+    return {"inference_ms": median_ms(times, "plain"), "certify_ms": median_ms(times, "certify"),
+            "cert_throughput_ratio": ratio, "cert_goal": CERT_GOAL, "cert_met": ratio >= CERT_GOAL,
+            "sound_cert_throughput_ratio": 1 / median_ratio(times, "sound", "plain")}
+
+
+def memory_row(w: Workload) -> dict:
+    """Appendix E memory per instance, GloRo against Standard, for training and certification."""
+    train_std, train_gloro = w.training_mb_per_instance(w.plain_loss), w.training_mb_per_instance(w.gloro_loss)
+    cert_std, cert_gloro = w.inference_mb_per_instance(w.inference), w.inference_mb_per_instance(w.certify)
+    return {"train_mb_standard": train_std, "train_mb_gloro": train_gloro, "train_mb_ratio": train_gloro / train_std,
+            "cert_mb_standard": cert_std, "cert_mb_gloro": cert_gloro, "cert_mb_ratio": cert_gloro / cert_std}
+
+
+def _repeats_for(architecture: str, device: torch.device, repeats: int) -> int:
+    # 8C2F at 64x64 takes ~10 s per CPU step; fewer repeats keep the CPU run within minutes
+    return min(repeats, 3) if architecture == "8C2F" and device.type == "cpu" else repeats
+
+
+def architectures(device: torch.device, repeats: int, batch_size: int = 256) -> list[dict]:
+    """Items 1, 3 (per batch) and 4: every architecture at its dataset's input size."""
+    rows = []
+    for arch in ARCHITECTURES:
+        w = Workload.build(arch, batch_size, device)
+        n = _repeats_for(arch, device, repeats)
+        rows.append({"architecture": arch, "input": _shape(w), "batch": batch_size, "repeats": n,
+                     **train_row(w, n), **cert_row(w, n), **memory_row(w)})
+    return rows
+
+
+def one_off(device: torch.device, repeats: int) -> list[dict]:
+    """Item 3's one-off costs: power iteration to convergence from fresh iterates, and the sound bound,
+    each against one plain inference batch of 256 (the unit the certification throughput uses)."""
+    rows = []
+    for arch, (shape, classes) in ARCHITECTURES.items():
+        w = Workload.build(arch, 256, device)
+        fresh = network(arch, shape, classes, device)
+        iterations: list[int] = []
+        converge = lambda: iterations.append(copy.deepcopy(fresh).converge(CONVERGE_TOL))
+        times = interleaved({"plain": w.inference, "converge": converge, "sound": fresh.k_ij_sound},
+                            _repeats_for(arch, device, repeats), device, warmup=0)
+        per_layer = iterations[-1]
+        rows.append({"architecture": arch, "converge_iterations_max": max(per_layer),
+                     "converge_iterations_total": sum(per_layer), "converge_s": median_ms(times, "converge") / 1e3,
+                     "converge_in_inference_batches": median_ratio(times, "converge", "plain"),
+                     "sound_bound_s": median_ms(times, "sound") / 1e3,
+                     "sound_in_inference_batches": median_ratio(times, "sound", "plain")})
+    return rows
+
+
+def lower_bounds(device: torch.device, repeats: int, steps: int = 50,
+                 pairs: tuple[int, ...] = (16, 64, 256, 1024), sequential_pairs: int = 16) -> list[dict]:
+    """Item 5: Appendix F's optimisation with all pairs in one batch, against one pair at a time."""
+    shape, classes = ARCHITECTURES["2C2F"]
+    f = network("2C2F", shape, classes, device).f.eval()
+    pool = torch.rand(1024, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    sequential = lambda: [global_lower_bound(f, pool, pairs=1, steps=steps) for _ in range(sequential_pairs)]
+    workloads = {"sequential": sequential, **{p: (lambda p=p: global_lower_bound(f, pool, pairs=p, steps=steps))
+                                              for p in pairs}}
+    times = interleaved(workloads, repeats, device)
+    base = statistics.median(times["sequential"]) / (sequential_pairs * steps)  # seconds per pair-step
+    rows = [{"pairs": "1 (one at a time)", "pair_steps_per_s": 1 / base, "speedup_vs_one_at_a_time": 1.0}]
+    for p in pairs:
+        speedup = statistics.median(p * t_seq / (sequential_pairs * t) for t_seq, t in zip(times["sequential"], times[p]))
+        rows.append({"pairs": p, "pair_steps_per_s": p * steps / statistics.median(times[p]),
+                     "speedup_vs_one_at_a_time": speedup})
+    return rows
+
+
+def scaling(device: torch.device, repeats: int) -> list[dict]:
+    """Item 6: the train ratio, certification ratio and memory ratio against batch size and input size."""
+    rows = []
+    configs = [(arch, b, None) for arch in ("2C2F", "6C2F") for b in (64, 128, 256, 512, 1024)]
+    configs += [("6C2F", 256, (3, s, s)) for s in (28, 32, 64)]
+    for arch, batch, shape in configs:
+        w = Workload.build(arch, batch, device, input_shape=shape)
+        row = {"architecture": arch, "input": _shape(w), "batch": batch,
+               **train_row(w, repeats), **cert_row(w, repeats), **memory_row(w)}
+        rows.append({k: row[k] for k in ("architecture", "input", "batch", "plain_step_ms", "train_ratio",
+                                         "cert_throughput_ratio", "train_mb_ratio", "cert_mb_ratio")})
+    return rows
+
+
+# Figure D.1a's MinMax rows: the experiment whose settings an epoch uses, its training-set size, paper s/epoch
+EPOCH_CONFIGS = {"mnist_2c2f_minmax": (60_000, 0.9), "cifar10_6c2f_minmax": (50_000, 6.9)}
+
+
+def _synthetic_dataset(directory: Path, name: str, n: int, shape: tuple[int, ...], classes: int) -> None:
+    from pipeline.data.arrays import DatasetArrays
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    y = rng.integers(0, classes, size=n).astype(np.int64)
+    DatasetArrays(x, y, x[:1], y[:1], classes=[str(c) for c in range(classes)]).save(directory, name)
+
+
+def epochs(device: torch.device, repeats: int, batches: int = 8, params_path: str = "params.yaml") -> list[dict]:
+    """Items 2 and 8: a Lightning training epoch of the pipeline (in-memory data, uint8 -> [0, 1], the
+    experiment's augmentation, logging) against the bare GloRo forward/backward passes of the same
+    batches, prepared beforehand on the device; and the epoch time extrapolated to the full dataset."""
+    from pipeline.config import load_params
+    from pipeline.lit.datamodule import ArraysDataModule
+    from pipeline.lit.module import GloroModule
+    from pipeline.training import build_trainer
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one fit per repeat: keep it quiet
+    params = load_params(params_path)
+    rows = []
+    for name, (train_size, paper_seconds) in EPOCH_CONFIGS.items():
+        experiment = dataclasses.replace(params.experiments[name], warmup=0)
+        shape, classes = ARCHITECTURES[experiment.architecture]
+        with tempfile.TemporaryDirectory() as tmp:
+            # enough images that the training split (validation carved out) fills ``batches`` batches
+            total = -(-batches * experiment.batch_size // (1 - experiment.val_fraction)) + 1
+            _synthetic_dataset(Path(tmp), experiment.dataset, int(total), shape, classes)
+            data = ArraysDataModule(tmp, experiment.dataset, experiment.batch_size, experiment.augmentation,
+                                    val_fraction=experiment.val_fraction, seed=experiment.seed)
+            module = GloroModule(experiment.as_dict(), list(shape), classes)
+            bare = copy.deepcopy(module.net).to(device).train()
+            optimiser = torch.optim.Adam(bare.parameters(), lr=experiment.init_lr, eps=1e-7)
+            settings = module.schedule.at(0)
+
+            def lightning_epoch() -> float:
+                trainer = build_trainer(1, False, limit_val_batches=0, enable_checkpointing=False,
+                                        enable_progress_bar=False)
+                trainer.fit(module, data)
+                return module.epoch_seconds[-1]
+
+            lightning_epoch()  # warm-up; also loads the arrays onto the device
+            x_all, y_all = data.tensors["train"]
+            n = len(x_all)
+            prepared = [((x_all[i:i + experiment.batch_size].float() / data.max_value).to(device),
+                         y_all[i:i + experiment.batch_size].to(device)) for i in range(0, n, experiment.batch_size)]
+
+            def bare_epoch() -> float:
+                start = time.perf_counter()
+                for x, y in prepared:
+                    loss = trades_loss(bare(x, eps=settings.eps), y, settings.lam)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return time.perf_counter() - start
+
+            bare_epoch()
+            pairs = []
+            for r in range(repeats):  # alternate which goes first
+                if r % 2 == 0:
+                    pairs.append((lightning_epoch(), bare_epoch()))
+                else:
+                    base = bare_epoch()
+                    pairs.append((lightning_epoch(), base))
+        full, base = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+        ratio = statistics.median(a / b for a, b in pairs)
+        full_epoch = full / n * train_size
+        rows.append({"experiment": name, "batch": experiment.batch_size, "augmentation": experiment.augmentation,
+                     "images_timed": n, "lightning_epoch_s": full, "bare_epoch_s": base,
+                     "epoch_ratio": ratio, "epoch_goal": EPOCH_GOAL, "epoch_met": ratio <= EPOCH_GOAL,
+                     "s_per_full_epoch": full_epoch, "paper_s_per_epoch": paper_seconds,
+                     "speed_vs_paper": paper_seconds / full_epoch})
+    return rows
+
+
+def profile(device: torch.device, architecture: str = "2C2F", steps: int = 5, top: int = 10) -> list[dict]:
+    """Item 7: where a GloRo training step spends its time (torch.profiler, self time per operator)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    w = Workload.build(architecture, 256, device)
+    for _ in range(2):
+        w.gloro_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            w.gloro_step()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events)
+    ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]
+    return [{"operator": e.key, "self_time_share": getattr(e, attr) / total, "calls_per_step": e.count / steps}
+            for e in ranked]
+
+
+SECTIONS = {"architectures": architectures, "one_off": one_off, "epochs": epochs, "lower_bounds": lower_bounds,
+            "scaling": scaling, "profile": lambda device, repeats: profile(device)}

@@ -1,0 +1,47 @@
+"""Interleaved timing: a workload and its baseline alternate in one loop, so drift hits both alike.
+
+Every figure is the median over repeats of the per-repeat ratio (workload time / baseline time),
+so a noisy machine shifts both sides of each ratio together.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(workloads: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each workload, ``repeats`` times each, alternating the order every repeat."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    items = list(workloads.items())
+    for _ in range(warmup):
+        for _, work in items:
+            work()
+    times: dict[str, list[float]] = {name: [] for name in workloads}
+    for r in range(repeats):
+        for name, work in items if r % 2 == 0 else items[::-1]:
+            synchronise(device)
+            start = time.perf_counter()
+            work()
+            synchronise(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over repeats of ``numerator / denominator`` (paired repeat by repeat)."""
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+
+
+def median_ms(times: dict[str, list[float]], name: str) -> float:
+    return 1e3 * statistics.median(times[name])

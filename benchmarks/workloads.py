@@ -1,0 +1,112 @@
+"""The workloads the benchmarks time, each beside its baseline on the same network and batch.
+
+Networks are the paper's architectures with MinMax activations, Glorot initialisation (a
+spread-out spectrum, so power iteration has work to do to converge) and 5 power iterations per
+training step, on random inputs in [0, 1] of the datasets' shapes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.gloro import GloroNet, build_network, trades_loss
+from pipeline.gloro.model import certify_float64
+from pipeline.measure import cuda_peak_mb_per_instance, forward_bytes, saved_for_backward, MB
+
+# architecture -> (input shape of its dataset, classes)
+ARCHITECTURES = {
+    "2C2F": ((1, 28, 28), 10),   # MNIST
+    "4C3F": ((1, 28, 28), 10),   # MNIST
+    "6C2F": ((3, 32, 32), 10),   # CIFAR-10
+    "8C2F": ((3, 64, 64), 200),  # Tiny-ImageNet
+}
+TRADES_LAMBDA = 1.5
+EPS = 0.3
+
+
+def network(architecture: str, input_shape: tuple[int, int, int], classes: int, device: torch.device,
+            power_iterations: int = 5) -> GloroNet:
+    f = build_network(architecture, input_shape, classes, "minmax", "default", seed=0)
+    return GloroNet(f, eps=EPS, power_iterations=power_iterations).to(device)
+
+
+@dataclass
+class Workload:
+    """One network with a batch and an optimiser; its methods are the timed calls."""
+
+    net: GloroNet
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def build(cls, architecture: str, batch_size: int, device: torch.device,
+              input_shape: tuple[int, int, int] | None = None) -> Workload:
+        shape, classes = ARCHITECTURES[architecture]
+        shape = input_shape or shape
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch_size, *shape, generator=g).to(device)
+        y = torch.randint(classes, (batch_size,), generator=g).to(device)
+        return cls(network(architecture, shape, classes, device), x, y)
+
+    def __post_init__(self):
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7)
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+
+    def plain_loss(self) -> torch.Tensor:
+        return F.cross_entropy(self.net.f(self.x), self.y)
+
+    def gloro_loss(self) -> torch.Tensor:
+        return trades_loss(self.net(self.x), self.y, TRADES_LAMBDA)
+
+    def plain_step(self) -> None:
+        """Standard training: cross-entropy on f, backward, Adam."""
+        self.net.train()
+        self._step(self.plain_loss())
+
+    def gloro_step(self) -> None:
+        """GloRo training: power iteration, the m+1 logits, TRADES, backward through K, Adam."""
+        self.net.train()
+        self._step(self.gloro_loss())
+
+    def power_iteration(self) -> None:
+        self.net.power_iterate(self.net.power_iterations)
+
+    @torch.no_grad()
+    def inference(self) -> torch.Tensor:
+        self.net.eval()
+        return self.net.f(self.x)
+
+    @torch.no_grad()
+    def certify(self):
+        self.net.eval()
+        return self.net.certify(self.x)
+
+    def sound_certifier(self):
+        """The provable certificate's per-batch call, with K_sound and the rounding bound computed once."""
+        self.net.eval()
+        k_sound, rounding = self.net.k_ij_sound(), self.net.rounding(torch.float64)
+        return lambda: certify_float64(self.net.f, self.x, k_sound, self.net.eps, rounding)
+
+    def training_mb_per_instance(self, loss_of) -> float:
+        """Appendix E per-instance memory of one training step (see ``pipeline.measure``)."""
+        self.net.train()
+        if self.x.device.type == "cuda":
+            return cuda_peak_mb_per_instance(lambda: self._step(loss_of()), len(self.x), self.x.device)
+        with saved_for_backward() as saved:
+            loss = loss_of()
+        self.optimiser.zero_grad(set_to_none=True)
+        del loss
+        return sum(saved.values()) / len(self.x) / MB
+
+    def inference_mb_per_instance(self, work) -> float:
+        self.net.eval()
+        if self.x.device.type == "cuda":
+            with torch.no_grad():
+                return cuda_peak_mb_per_instance(work, len(self.x), self.x.device)
+        return forward_bytes(lambda _: work(), self.x) / len(self.x) / MB
