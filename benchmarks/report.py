@@ -68,7 +68,7 @@ def table(rows: list[dict], columns: dict[str, tuple[str, str]]) -> str:
     df = pd.DataFrame(rows)
     present = [c for c in columns if c in df.columns]
     out = pd.DataFrame({columns[c][0]: [columns[c][1].format(v) for v in df[c]] for c in present})
-    return out.to_markdown(index=False)
+    return out.to_markdown(index=False, disable_numparse=True)
 
 
 def comparison(before: dict, after: dict) -> str:
@@ -82,7 +82,7 @@ def comparison(before: dict, after: dict) -> str:
                 entry[f"{label} before"] = f"{old[row['architecture']][key]:.3f}"
                 entry[f"{label} after"] = f"{row[key]:.3f}"
             rows.append(entry)
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no architectures in common)"
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(no architectures in common)"
 
 
 def render(results: dict, before: dict | None = None) -> str:

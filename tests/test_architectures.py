@@ -67,6 +67,24 @@ def test_minmax_sorts_channel_pairs_and_is_one_lipschitz():
         MinMax()(torch.randn(2, 3))
 
 
+def test_minmax_training_path_matches_min_max_and_its_gradient():
+    x = torch.randn(4, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    a, b = x.detach().chunk(2, dim=1)
+    assert torch.equal(MinMax()(x), torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1))
+    assert torch.autograd.gradcheck(MinMax(), (x,))
+    tie = torch.tensor([[2.0, 2.0]], requires_grad=True)  # at a tie the permutation's gradient: unsplit
+    MinMax()(tie).backward(torch.tensor([[3.0, 5.0]]))
+    assert sorted(tie.grad[0].tolist()) == [3.0, 5.0]
+
+
+def test_minmax_saves_a_mask_not_its_inputs():
+    from pipeline.measure import saved_for_backward
+    x = torch.randn(8, 16, 10, 10, requires_grad=True)
+    with saved_for_backward() as saved:
+        MinMax()(x)
+    assert sum(saved.values()) == x.numel() // 2  # one byte per pair
+
+
 def test_glorot_uniform_matches_keras_limits():
     conv = LipschitzConv2d(16, 32, 4, 2, (14, 14), init="default", generator=torch.Generator().manual_seed(0))
     limit = math.sqrt(6 / (16 * 16 + 32 * 16))  # Keras: fans count the receptive field

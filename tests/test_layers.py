@@ -8,6 +8,7 @@ from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense, same_padding
 CONVS = [  # (C_in, C_out, kernel, stride, size)
     (1, 4, 3, 1, 6), (3, 5, 3, 1, 7), (2, 4, 4, 2, 8), (2, 3, 4, 2, 7), (3, 4, 5, 2, 9),
     (2, 2, 3, 3, 8), (4, 6, 1, 1, 5), (3, 2, 2, 2, 6),
+    (2, 3, 1, 2, 6),  # SAME pads nothing and the last row is never read: the adjoint needs output padding
 ]
 
 
@@ -107,3 +108,10 @@ def test_power_iterate_runs_without_building_a_graph():
 def test_converge_rejects_bad_arguments(bad):
     with pytest.raises(ValueError, match="converge needs"):
         LipschitzDense(3, 3).converge(**bad)
+
+
+def test_power_iteration_keeps_a_zero_iterate_at_zero():
+    dense = LipschitzDense(3, 2)
+    dense.u.zero_()
+    dense.power_iterate(3)
+    assert torch.equal(dense.u, torch.zeros_like(dense.u))

@@ -34,9 +34,11 @@ def init_weight_(weight: torch.Tensor, init: str, generator: torch.Generator | N
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
-    """v / ||v||; a zero vector stays zero (no epsilon inside the norm, see klasleino/gloro#8)."""
-    norm = v.norm()
-    return v / norm if norm > 0 else v
+    """v / ||v||; a zero vector stays zero (no epsilon inside the norm, see klasleino/gloro#8).
+
+    Branch-free, so power iteration never waits for the GPU to read the norm back.
+    """
+    return v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
 
 
 class LipschitzLinear(nn.Module):
@@ -151,6 +153,8 @@ class LipschitzConv2d(LipschitzLinear):
         h, w = input_size
         (top, bottom), (left, right) = same_padding(h, kernel_size, stride), same_padding(w, kernel_size, stride)
         self.padding = (left, right, top, bottom)  # F.pad order: last axis first
+        # symmetric padding (the usual case) is left to the conv itself, saving a padded copy
+        self.symmetric = (top, left) if (top, left) == (bottom, right) else None
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         init_weight_(self.weight, init, generator)
@@ -161,18 +165,27 @@ class LipschitzConv2d(LipschitzLinear):
         h, w = self.input_shape[1:]
         return -(-h // self.stride), -(-w // self.stride)
 
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.symmetric is not None:
+            return F.conv2d(x, weight, bias, stride=self.stride, padding=self.symmetric)
+        return F.conv2d(F.pad(x, self.padding), weight, bias, stride=self.stride)
+
     def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return F.conv2d(F.pad(x, self.padding), self.weight if weight is None else weight, stride=self.stride)
+        return self._conv(x, self.weight if weight is None else weight)
 
     def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        left, right, top, bottom = self.padding
+        weight = self.weight if weight is None else weight
         c, h, w = self.input_shape
+        if self.symmetric is not None:
+            return torch.nn.grad.conv2d_input((y.shape[0], c, h, w), weight, y, stride=self.stride,
+                                              padding=self.symmetric)
+        left, right, top, bottom = self.padding
         padded = (y.shape[0], c, h + top + bottom, w + left + right)
-        x = torch.nn.grad.conv2d_input(padded, self.weight if weight is None else weight, y, stride=self.stride)
+        x = torch.nn.grad.conv2d_input(padded, weight, y, stride=self.stride)
         return x[:, :, top:top + h, left:left + w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, self.padding), self.weight, self.bias, stride=self.stride)
+        return self._conv(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape

@@ -29,7 +29,8 @@ def margin_lipschitz(sub_lipschitz: torch.Tensor, last_weight: torch.Tensor) -> 
     Shape:
         ``last_weight [m, h]`` -> ``[m, m]``, symmetric with a zero diagonal.
     """
-    return sub_lipschitz * torch.linalg.vector_norm(last_weight[None] - last_weight[:, None], dim=-1)
+    # cdist's direct mode computes the same row differences without materialising [m, m, h]
+    return sub_lipschitz * torch.cdist(last_weight, last_weight, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def predicted_class(logits: torch.Tensor) -> torch.Tensor:
@@ -215,16 +216,16 @@ class GloroNet(nn.Module):
         return certify_logits(self.f(x), self.margin_bounds(bound), eps)
 
 
-def clean_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction with ``argmax f(x) == y``."""
-    return (predicted_class(logits) == labels).float().mean().item()
+def clean_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction with ``argmax f(x) == y``, as a 0-dim tensor (no GPU sync: ``float()`` it to read)."""
+    return (predicted_class(logits) == labels).float().mean()
 
 
-def vra(gloro: torch.Tensor, labels: torch.Tensor) -> float:
-    """Verified-robust accuracy: fraction correctly predicted and certified (bottom never matches)."""
-    return (gloro_prediction(gloro) == labels).float().mean().item()
+def vra(gloro: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Verified-robust accuracy: fraction correctly predicted and certified (bottom never matches). 0-dim."""
+    return (gloro_prediction(gloro) == labels).float().mean()
 
 
-def rejection_rate(gloro: torch.Tensor) -> float:
-    """Fraction of inputs on which the GloRo net predicts bottom."""
-    return (gloro_prediction(gloro) == gloro.shape[1] - 1).float().mean().item()
+def rejection_rate(gloro: torch.Tensor) -> torch.Tensor:
+    """Fraction of inputs on which the GloRo net predicts bottom. 0-dim."""
+    return (gloro_prediction(gloro) == gloro.shape[1] - 1).float().mean()

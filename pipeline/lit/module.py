@@ -69,7 +69,7 @@ class GloroModule(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         settings = self.schedule.at(self.current_epoch)
         if not (settings.robust and self.experiment.robust):
             logits = self.net.f(x)

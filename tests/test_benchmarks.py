@@ -1,0 +1,57 @@
+"""The benchmark harness: interleaved timing, the timed workloads and the report."""
+import json
+
+import pytest
+import torch
+
+from benchmarks import run
+from benchmarks.report import render
+from benchmarks.sections import cert_row, memory_row, train_row
+from benchmarks.timing import interleaved, median_ratio
+from benchmarks.workloads import Workload
+
+CPU = torch.device("cpu")
+
+
+def test_interleaved_alternates_the_order_and_counts_every_call():
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, device=CPU)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved({"a": lambda: None}, repeats=0, device=CPU)
+
+
+def test_median_ratio_pairs_repeats():
+    assert median_ratio({"x": [2.0, 9.0, 3.0], "y": [1.0, 3.0, 1.0]}, "x", "y") == 3.0
+
+
+def test_workload_rows_measure_the_real_thing():
+    w = Workload.build("2C2F", 8, CPU)
+    train, cert, memory = train_row(w, 1), cert_row(w, 1), memory_row(w)
+    assert train["gloro_step_ms"] > 0 and train["train_ratio"] > 0 and 0 < train["power_iteration_share"]
+    assert cert["cert_throughput_ratio"] > 0 and cert["sound_cert_throughput_ratio"] > 0
+    assert memory["train_mb_gloro"] >= memory["train_mb_standard"] > 0
+    # the timed certification is the network's own: same flags as GloroNet.certify
+    assert torch.equal(w.certify().certified, w.net.certify(w.x).certified)
+
+
+def test_report_puts_each_ratio_beside_its_goal_and_says_when_there_is_no_gpu():
+    row = {"architecture": "2C2F", "input": "1x28x28", "repeats": 3, "plain_step_ms": 10.0, "gloro_step_ms": 11.0,
+           "train_ratio": 1.1, "train_met": True, "cert_throughput_ratio": 0.95, "train_mb_gloro": 0.05}
+    results = {"device": "CPU", "gpu": False, "torch": "x", "date": "d", "repeats": 3, "command": "c",
+               "sections": {"architectures": [row]}}
+    text = render(results, before={**results, "sections": {"architectures": [{**row, "train_ratio": 1.3}]}})
+    assert "No GPU" in text and "goal <= 1.10" in text and "goal >= 0.9" in text
+    assert "2C2F" in text and "1.300" in text and "Before and after" in text
+
+
+def test_command_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run.main(["--sections", "profile", "--repeats", "1", "--out", str(out), "--before", "none"]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["sections"]["profile"] and not results["gpu"]
+    assert "Profile of the GloRo training step" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        run.main(["--repeats", "0"])
+    assert "--repeats must be >= 1" in capsys.readouterr().err
