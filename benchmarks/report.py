@@ -27,8 +27,8 @@ TABLES = {
         "layer; time expressed in plain inference batches of 256.",
         {"architecture": ("arch", "{}"), "converge_iterations_max": ("iterations (slowest layer)", "{}"),
          "converge_iterations_total": ("iterations (all layers)", "{}"), "converge_s": ("converge s", "{:.3f}"),
-         "converge_in_inference_batches": ("= inference batches", "{:.1f}"),
-         "sound_bound_s": ("sound bound s", "{:.3f}"), "sound_in_inference_batches": ("= inference batches", "{:.1f}")}),
+         "converge_in_inference_batches": ("converge, in inference batches", "{:.1f}"),
+         "sound_bound_s": ("sound bound s", "{:.3f}"), "sound_in_inference_batches": ("sound bound, in inference batches", "{:.1f}")}),
     "epochs": (
         "A pipeline training epoch against its bare forward/backward passes (Figure D.1a settings)",
         "Lightning epoch of the pipeline's GloroModule and ArraysDataModule (in-memory uint8 data, scaling, the "

@@ -131,3 +131,14 @@ def test_gloronet_rejects_layers_it_cannot_bound():
 def test_unknown_bound_name():
     with pytest.raises(ValueError, match="unknown bound 'exact'"):
         small_net().margin_bounds("exact")
+
+
+def test_certify_logits_agrees_with_the_gloro_prediction_including_ties():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(-3, 4, (500, 5), generator=g).float() / 2  # many exact ties
+    k = torch.rand(5, 5, generator=g)
+    k = (k + k.T).fill_diagonal_(0)
+    for eps in (0.0, 0.5, 2.0):
+        cert = certify_logits(logits, k, eps)
+        assert torch.equal(cert.certified, gloro_prediction(gloro_logits(logits, k, eps)) != 5)
+        assert torch.equal(cert.radius, certified_radius(logits, k))

@@ -38,8 +38,8 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-def bottom_logit(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> torch.Tensor:
-    """``y_bot = max_{i != j} (f_i + eps * K_ji)`` with j the predicted class.
+def bottom_logit(logits: torch.Tensor, k_ij: torch.Tensor, eps: float, j: torch.Tensor | None = None) -> torch.Tensor:
+    """``y_bot = max_{i != j} (f_i + eps * K_ji)`` with j the predicted class (pass it if known).
 
     The predicted class j is fixed by index (not by comparing values), so a tie between two
     logits selects one class and yields a bottom logit at least as large as ``f_j``.
@@ -47,10 +47,8 @@ def bottom_logit(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> torch.
     Shape:
         ``logits [N, m]``, ``k_ij [m, m]`` -> ``[N]``.
     """
-    j = predicted_class(logits)
-    raised = logits + eps * k_ij[j]
-    others = torch.ones_like(logits, dtype=torch.bool).scatter_(1, j[:, None], False)
-    return raised.masked_fill(~others, float("-inf")).amax(dim=1)
+    j = predicted_class(logits) if j is None else j
+    return (logits + eps * k_ij[j]).scatter(1, j[:, None], float("-inf")).amax(dim=1)
 
 
 def gloro_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float) -> torch.Tensor:
@@ -103,11 +101,12 @@ def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
     With ``rounding`` (per-logit bounds on the logits' floating-point error, see ``rounding.py``)
     the test and the radius hold for the exact network, not only for the computed logits.
     """
-    if rounding is None:
-        gloro = gloro_logits(logits, k_ij.to(logits.dtype), eps)
-        return Certificate(prediction=predicted_class(logits), certified=gloro_prediction(gloro) != logits.shape[1],
-                           radius=certified_radius(logits, k_ij.to(logits.dtype)))
     j = predicted_class(logits)
+    if rounding is None:  # the GloRo net's own test, f_j > y_bot, sharing j with the radius
+        k_ij = k_ij.to(logits.dtype)
+        top = logits.gather(1, j[:, None])
+        return Certificate(prediction=j, certified=top[:, 0] > bottom_logit(logits, k_ij, eps, j),
+                           radius=certified_radius_of_margins(top - logits, j, k_ij))
     wide = logits.double()
     rounding = rounding.double().expand_as(wide)
     margins = (wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])).clamp_min(0)
