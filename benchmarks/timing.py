@@ -5,6 +5,7 @@ so a noisy machine shifts both sides of each ratio together.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -18,23 +19,33 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(work: Callable[[], object], calls: int, device: torch.device) -> float:
+    synchronise(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        work()
+    synchronise(device)
+    return (time.perf_counter() - start) / calls
+
+
 def interleaved(workloads: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each workload, ``repeats`` times each, alternating the order every repeat."""
+                warmup: int = 1, min_sample_s: float = 0.2) -> dict[str, list[float]]:
+    """Seconds per call of each workload, ``repeats`` samples each, alternating the order every repeat.
+
+    A sample averages as many calls as fill ``min_sample_s`` (judged from the warm-up call), so
+    millisecond workloads are not lost in timer and scheduler noise.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     items = list(workloads.items())
+    calls = dict.fromkeys(workloads, 1)
     for _ in range(warmup):
-        for _, work in items:
-            work()
+        for name, work in items:
+            calls[name] = min(max(1, math.ceil(min_sample_s / max(_timed(work, 1, device), 1e-9))), 10_000)
     times: dict[str, list[float]] = {name: [] for name in workloads}
     for r in range(repeats):
         for name, work in items if r % 2 == 0 else items[::-1]:
-            synchronise(device)
-            start = time.perf_counter()
-            work()
-            synchronise(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(_timed(work, calls[name], device))
     return times
 
 

@@ -15,11 +15,18 @@ CPU = torch.device("cpu")
 
 def test_interleaved_alternates_the_order_and_counts_every_call():
     calls = []
-    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, device=CPU)
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, device=CPU,
+                        min_sample_s=0)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     with pytest.raises(ValueError, match="repeats"):
         interleaved({"a": lambda: None}, repeats=0, device=CPU)
+
+
+def test_short_workloads_are_timed_over_several_calls():
+    calls = []
+    interleaved({"a": lambda: calls.append("a")}, repeats=2, device=CPU, min_sample_s=0.01)
+    assert len(calls) > 3
 
 
 def test_median_ratio_pairs_repeats():
