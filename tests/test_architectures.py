@@ -111,3 +111,13 @@ def test_seed_fixes_weights_and_iterates():
 def test_all_named_architectures_parse():
     for name in ARCHITECTURES:
         assert parse_spec(f"{ARCHITECTURES[name]}-d10")
+
+
+def test_exported_minmax_network_runs_with_and_without_grad():
+    f = build_network("2C2F", (1, 28, 28), 10, "minmax", "default", seed=0).eval()
+    x = torch.rand(3, 1, 28, 28)
+    program = torch.export.export(f, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
+    with torch.no_grad():
+        expected = f(x)
+        assert torch.equal(program(x), expected)
+    assert torch.equal(program(x).detach(), expected)  # grad mode on, as a user may call it
