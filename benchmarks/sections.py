@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,9 @@ import torch
 
 from pipeline.gloro import trades_loss
 from pipeline.gloro.lower_bounds import global_lower_bound
+from pipeline.measure import inference_mb_per_instance
 
-from .timing import interleaved, median_ms, median_ratio
+from .timing import interleaved, median_ms, median_ratio, timed
 from .workloads import ARCHITECTURES, Workload, network
 
 TRAIN_GOAL = 1.10      # GloRo step time / plain step time, at most
@@ -40,7 +40,7 @@ def train_row(w: Workload, repeats: int) -> dict:
 
 def cert_row(w: Workload, repeats: int) -> dict:
     """Certification throughput (power and provable bound) as a fraction of plain inference's."""
-    times = interleaved({"plain": w.inference, "certify": w.certify}, repeats, w.x.device)
+    times = interleaved({"plain": w.inference, "certify": w.certifier()}, repeats, w.x.device)
     # a loop of its own: the float64 copies it allocates slow down whatever runs right after them
     sound = interleaved({"plain": w.inference, "sound": w.sound_certifier()}, repeats, w.x.device)
     ratio = 1 / median_ratio(times, "certify", "plain")
@@ -52,7 +52,9 @@ def cert_row(w: Workload, repeats: int) -> dict:
 def memory_row(w: Workload) -> dict:
     """Appendix E memory per instance, GloRo against Standard, for training and certification."""
     train_std, train_gloro = w.training_mb_per_instance(w.plain_loss), w.training_mb_per_instance(w.gloro_loss)
-    cert_std, cert_gloro = w.inference_mb_per_instance(w.inference), w.inference_mb_per_instance(w.certify)
+    certify = w.certifier()
+    cert_std = inference_mb_per_instance(w.net.f, w.x)  # w.net is in eval mode after certifier()
+    cert_gloro = inference_mb_per_instance(lambda _: certify(), w.x)
     return {"train_mb_standard": train_std, "train_mb_gloro": train_gloro, "train_mb_ratio": train_gloro / train_std,
             "cert_mb_standard": cert_std, "cert_mb_gloro": cert_gloro, "cert_mb_ratio": cert_gloro / cert_std}
 
@@ -176,16 +178,14 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
             prepared = [((x_all[i:i + experiment.batch_size].float() / data.max_value).to(device),
                          y_all[i:i + experiment.batch_size].to(device)) for i in range(0, n, experiment.batch_size)]
 
-            def bare_epoch() -> float:
-                start = time.perf_counter()
+            def bare_passes() -> None:
                 for x, y in prepared:
                     loss = trades_loss(bare(x, eps=settings.eps), y, settings.lam)
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                return time.perf_counter() - start
+
+            bare_epoch = lambda: timed(bare_passes, device)
 
             bare_epoch()
             pairs = []

@@ -19,7 +19,8 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(work: Callable[[], object], calls: int, device: torch.device) -> float:
+def timed(work: Callable[[], object], device: torch.device, calls: int = 1) -> float:
+    """Seconds per call of ``work``, averaged over ``calls`` calls, queued GPU work included."""
     synchronise(device)
     start = time.perf_counter()
     for _ in range(calls):
@@ -41,11 +42,11 @@ def interleaved(workloads: dict[str, Callable[[], object]], repeats: int, device
     calls = dict.fromkeys(workloads, 1)
     for _ in range(warmup):
         for name, work in items:
-            calls[name] = min(max(1, math.ceil(min_sample_s / max(_timed(work, 1, device), 1e-9))), 10_000)
+            calls[name] = min(max(1, math.ceil(min_sample_s / max(timed(work, device), 1e-9))), 10_000)
     times: dict[str, list[float]] = {name: [] for name in workloads}
     for r in range(repeats):
         for name, work in items if r % 2 == 0 else items[::-1]:
-            times[name].append(_timed(work, calls[name], device))
+            times[name].append(timed(work, device, calls[name]))
     return times
 
 

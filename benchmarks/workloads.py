@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from pipeline.gloro import GloroNet, build_network, trades_loss
 from pipeline.gloro.model import certify_float64, certify_logits
-from pipeline.measure import cuda_peak_mb_per_instance, forward_bytes, saved_for_backward, MB
+from pipeline.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
 
 # architecture -> (input shape of its dataset, classes)
 ARCHITECTURES = {
@@ -51,7 +51,6 @@ class Workload:
         return cls(network(architecture, shape, classes, device), x, y)
 
     def __post_init__(self):
-        self.k_ij: torch.Tensor | None = None
         self.optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7)
 
     def _step(self, loss: torch.Tensor) -> None:
@@ -83,14 +82,12 @@ class Workload:
         self.net.eval()
         return self.net.f(self.x)
 
-    @torch.no_grad()
-    def certify(self):
-        """Certification as the pipeline runs it: the margin bounds K are computed once after
-        convergence (``lipschitz.json``), then each batch is one forward pass and the margin test."""
+    def certifier(self):
+        """Certification as the pipeline runs it: the margin bounds K computed once, after training
+        (``lipschitz.json``); each call is then one forward pass and the margin test."""
         self.net.eval()
-        if self.k_ij is None:
-            self.k_ij = self.net.margin_bounds()
-        return certify_logits(self.net.f(self.x), self.k_ij, self.net.eps)
+        k_ij = self.net.margin_bounds().detach()
+        return torch.no_grad()(lambda: certify_logits(self.net.f(self.x), k_ij, self.net.eps))
 
     def sound_certifier(self):
         """The provable certificate's per-batch call, with K_sound and the rounding bound computed once."""
@@ -108,10 +105,3 @@ class Workload:
         self.optimiser.zero_grad(set_to_none=True)
         del loss
         return sum(saved.values()) / len(self.x) / MB
-
-    def inference_mb_per_instance(self, work) -> float:
-        self.net.eval()
-        if self.x.device.type == "cuda":
-            with torch.no_grad():
-                return cuda_peak_mb_per_instance(work, len(self.x), self.x.device)
-        return forward_bytes(lambda _: work(), self.x) / len(self.x) / MB

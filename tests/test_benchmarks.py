@@ -40,7 +40,7 @@ def test_workload_rows_measure_the_real_thing():
     assert cert["cert_throughput_ratio"] > 0 and cert["sound_cert_throughput_ratio"] > 0
     assert memory["train_mb_gloro"] >= memory["train_mb_standard"] > 0
     # the timed certification is the network's own: same flags as GloroNet.certify
-    assert torch.equal(w.certify().certified, w.net.certify(w.x).certified)
+    assert torch.equal(w.certifier()().certified, w.net.certify(w.x).certified)
 
 
 def test_report_puts_each_ratio_beside_its_goal_and_says_when_there_is_no_gpu():
