@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import statistics
 import tempfile
@@ -153,17 +152,18 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
     params = load_params(params_path)
     rows = []
     for name, (batches, train_size, paper_seconds) in EPOCH_CONFIGS.items():
-        experiment = dataclasses.replace(params.experiments[name], warmup=0)
-        shape, classes = ARCHITECTURES[experiment.architecture]
+        experiment = params.experiments[name].with_values(warmup=0)
+        training, dataset = experiment.training, experiment.data.dataset
+        shape, classes = ARCHITECTURES[experiment.model.architecture]
         with tempfile.TemporaryDirectory() as tmp:
             # enough images that the training split (validation carved out) fills ``batches`` batches
-            total = -(-batches * experiment.batch_size // (1 - experiment.val_fraction)) + 1
-            _synthetic_dataset(Path(tmp), experiment.dataset, int(total), shape, classes)
-            data = ArraysDataModule(tmp, experiment.dataset, experiment.batch_size, experiment.augmentation,
-                                    val_fraction=experiment.val_fraction, seed=experiment.seed)
-            module = GloroModule(experiment.as_dict(), list(shape), classes)
+            total = -(-batches * training.batch_size // (1 - experiment.data.val_fraction)) + 1
+            _synthetic_dataset(Path(tmp), dataset, int(total), shape, classes)
+            data = ArraysDataModule(tmp, dataset, training.batch_size, training.augmentation,
+                                    val_fraction=experiment.data.val_fraction, seed=training.seed)
+            module = GloroModule(experiment.trained_settings(), list(shape), classes)
             bare = copy.deepcopy(module.net).to(device).train()
-            optimiser = torch.optim.Adam(bare.parameters(), lr=experiment.init_lr, eps=1e-7)
+            optimiser = torch.optim.Adam(bare.parameters(), lr=training.init_lr, eps=1e-7)
             settings = module.schedule.at(0)
 
             def lightning_epoch() -> float:
@@ -175,8 +175,8 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
             lightning_epoch()  # warm-up; also loads the arrays onto the device
             x_all, y_all = data.tensors["train"]
             n = len(x_all)
-            prepared = [((x_all[i:i + experiment.batch_size].float() / data.max_value).to(device),
-                         y_all[i:i + experiment.batch_size].to(device)) for i in range(0, n, experiment.batch_size)]
+            prepared = [((x_all[i:i + training.batch_size].float() / data.max_value).to(device),
+                         y_all[i:i + training.batch_size].to(device)) for i in range(0, n, training.batch_size)]
 
             def bare_passes() -> None:
                 for x, y in prepared:
@@ -198,7 +198,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
         full, base = (statistics.median(p[i] for p in pairs) for i in (0, 1))
         ratio = statistics.median(a / b for a, b in pairs)
         full_epoch = full / n * train_size
-        rows.append({"experiment": name, "batch": experiment.batch_size, "augmentation": experiment.augmentation,
+        rows.append({"experiment": name, "batch": training.batch_size, "augmentation": training.augmentation,
                      "images_timed": n, "lightning_epoch_s": full, "bare_epoch_s": base,
                      "epoch_ratio": ratio, "epoch_goal": EPOCH_GOAL, "epoch_met": ratio <= EPOCH_GOAL,
                      "s_per_full_epoch": full_epoch, "paper_s_per_epoch": paper_seconds,

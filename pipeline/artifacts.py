@@ -27,12 +27,15 @@ from pipeline.gloro import GloroNet, build_network
 from pipeline.gloro.bounds import sound_spectral_norm
 from pipeline.io import atomic_open, write_json
 
+SELECTIONS = ("best", "last")  # the validation-selected checkpoint and the last epoch's
+
 
 def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_classes: int) -> GloroNet:
     """The experiment's network, wrapped as a GloroNet at its test radius (seeded init)."""
-    f = build_network(experiment.architecture, tuple(input_shape), num_classes, experiment.activation,
-                      experiment.init, seed=experiment.seed)
-    iterations = experiment.power_iterations if experiment.robust else 0
+    model = experiment.model
+    f = build_network(model.architecture, tuple(input_shape), num_classes, model.activation, model.init,
+                      seed=experiment.training.seed)
+    iterations = model.power_iterations if experiment.robust else 0
     return GloroNet(f, eps=experiment.eps_test, power_iterations=iterations)
 
 
@@ -67,7 +70,7 @@ def export_converged(net: GloroNet, experiment: Experiment, info: dict, director
     net = net.eval()
     summary = {**lipschitz_summary(net), **info}
     with atomic_open(directory / "gloro.pt") as handle:
-        torch.save({"experiment": experiment.as_dict(), "state_dict": net.state_dict(), **info}, handle)
+        torch.save({"experiment": experiment.trained_settings(), "state_dict": net.state_dict(), **info}, handle)
     example = torch.rand(2, *info["input_shape"])
     program = torch.export.export(net.f, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     buffer = io.BytesIO()

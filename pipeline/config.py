@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.data.augment import AUGMENTATIONS
-from pipeline.data.sources import SOURCES
+from pipeline.data import SOURCES
 from pipeline.gloro.architectures import ARCHITECTURES, architecture_spec, parse_spec
 from pipeline.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
@@ -48,56 +48,90 @@ class LowerBoundConfig:
 
 
 @dataclass(frozen=True)
-class Experiment:
-    """One row of Tables B.1/B.2 (or a Standard baseline, or a digits default), column by column."""
+class DataConfig:
+    """Which prepared dataset, and the fraction of its training split held out for model selection."""
 
-    name: str
     dataset: str
+    val_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: GloRo or Standard, the architecture, activation, initialisation, power iterations."""
+
+    model: str
     architecture: str
     activation: str
-    model: str
-    augmentation: str
-    warmup: int
-    batch_size: int
-    epochs: int
-    eps_train: float
-    eps_test: float
     init: str
+    power_iterations: int
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training run: its seed, length, batches, augmentation and the paper's schedules.
+
+    ``converge_tol`` belongs here because power iteration converges before every validation,
+    whose VRA picks ``best.ckpt``; the converge stage uses it too.
+    """
+
+    seed: int
+    warmup: int
+    epochs: int
+    batch_size: int
+    augmentation: str
     init_lr: float
     lr_decay: str
-    loss: str
+    eps_train: float
     eps_schedule: str
-    power_iterations: int
-    val_fraction: float = 0.1
-    seed: int = 0
+    loss: str
     converge_tol: float = 1.0e-5
+
+
+GROUPS = ("data", "model", "training")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of Tables B.1/B.2 (or a Standard baseline, or a digits default), its keys grouped
+    by what they affect: ``data``, ``model``, ``training``, the test radius ``eps_test`` (which
+    also selects ``best.ckpt``), and the evaluation budgets ``attack`` and ``lower_bound``."""
+
+    name: str
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+    eps_test: float
     attack: AttackConfig = field(default_factory=AttackConfig)
     lower_bound: LowerBoundConfig = field(default_factory=LowerBoundConfig)
 
     def __post_init__(self):
         where = f"experiments.{self.name}"
-        _choice(f"{where}.dataset", self.dataset, SOURCES)
-        _choice(f"{where}.activation", self.activation, ACTIVATIONS)
-        _choice(f"{where}.model", self.model, MODELS)
-        _choice(f"{where}.augmentation", self.augmentation, tuple(AUGMENTATIONS))
-        _choice(f"{where}.init", self.init, INITS)
+        data, model, training = self.data, self.model, self.training
+        _choice(f"{where}.data.dataset", data.dataset, SOURCES)
+        _choice(f"{where}.model.model", model.model, MODELS)
+        _choice(f"{where}.model.activation", model.activation, ACTIVATIONS)
+        _choice(f"{where}.model.init", model.init, INITS)
+        _choice(f"{where}.training.augmentation", training.augmentation, tuple(AUGMENTATIONS))
         try:
-            parse_spec(architecture_spec(self.architecture, 10))
+            parse_spec(architecture_spec(model.architecture, 10))
         except ValueError as error:
-            raise ConfigError(f"{where}.architecture: {self.architecture!r} is neither one of "
+            raise ConfigError(f"{where}.model.architecture: {model.architecture!r} is neither one of "
                               f"{sorted(ARCHITECTURES)} nor a valid spec ({error})") from None
-        for key in ("warmup", "batch_size", "epochs", "power_iterations", "seed"):
-            minimum = 0 if key in ("warmup", "power_iterations", "seed") else 1
-            if getattr(self, key) < minimum:
-                raise ConfigError(f"{where}.{key}: got {getattr(self, key)}, expected an integer >= {minimum}")
-        for key in ("eps_train", "eps_test", "init_lr", "converge_tol"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{where}.{key}: got {getattr(self, key)}, expected a number > 0")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"{where}.val_fraction: got {self.val_fraction}, expected a fraction in (0, 1) "
+        for group, key, minimum in (("model", "power_iterations", 0), ("training", "seed", 0),
+                                    ("training", "warmup", 0), ("training", "epochs", 1),
+                                    ("training", "batch_size", 1)):
+            if getattr(getattr(self, group), key) < minimum:
+                raise ConfigError(f"{where}.{group}.{key}: got {getattr(getattr(self, group), key)}, "
+                                  f"expected an integer >= {minimum}")
+        for path, value in (("training.eps_train", training.eps_train), ("training.init_lr", training.init_lr),
+                            ("training.converge_tol", training.converge_tol), ("eps_test", self.eps_test)):
+            if not value > 0:
+                raise ConfigError(f"{where}.{path}: got {value}, expected a number > 0")
+        if not 0 < data.val_fraction < 1:
+            raise ConfigError(f"{where}.data.val_fraction: got {data.val_fraction}, expected a fraction in (0, 1) "
                               "(model selection needs a validation split)")
-        if self.model == "standard" and self.loss != "CE":
-            raise ConfigError(f"{where}.loss: got {self.loss!r}; a standard model trains with plain 'CE'")
+        if model.model == "standard" and training.loss != "CE":
+            raise ConfigError(f"{where}.training.loss: got {training.loss!r}; a standard model trains with plain 'CE'")
         for positive in ("steps", "restarts"):
             if getattr(self.attack, positive) < 1:
                 raise ConfigError(f"{where}.attack.{positive}: expected an integer >= 1")
@@ -107,15 +141,15 @@ class Experiment:
         try:
             self.schedule()
         except ValueError as error:
-            raise ConfigError(f"{where}: {error}") from None
+            raise ConfigError(f"{where}.training: {error}") from None
 
     @property
     def robust(self) -> bool:
-        return self.model == "gloro"
+        return self.model.model == "gloro"
 
     @property
     def trades(self) -> bool:
-        return self.robust and self.loss != "CE"
+        return self.robust and self.training.loss != "CE"
 
     @property
     def selection_metric(self) -> str:
@@ -124,18 +158,43 @@ class Experiment:
 
     def schedule(self) -> TrainingSchedule:
         """The warm-up, eps, TRADES-lambda and LR schedules parsed from their paper strings."""
+        t = self.training
         return TrainingSchedule(
-            warmup=self.warmup,
-            eps=EpsSchedule.parse(self.eps_schedule, self.eps_train, self.epochs),
-            lam=LambdaSchedule.parse(self.loss if self.trades else 0),
-            lr=LRSchedule.parse(self.lr_decay, self.init_lr, self.epochs))
+            warmup=t.warmup,
+            eps=EpsSchedule.parse(t.eps_schedule, t.eps_train, t.epochs),
+            lam=LambdaSchedule.parse(t.loss if self.trades else 0),
+            lr=LRSchedule.parse(t.lr_decay, t.init_lr, t.epochs))
+
+    def value(self, key: str):
+        """A key by its paper column name, whichever group holds it (``epochs``, ``eps_test``, ...)."""
+        for group in (*GROUPS, None):
+            holder = getattr(self, group) if group else self
+            if key in {f.name for f in dataclasses.fields(holder)}:
+                return getattr(holder, key)
+        raise KeyError(f"no key {key!r} in experiment {self.name}")
+
+    def with_values(self, **changes) -> Experiment:
+        """A copy with keys replaced by their column names, each in its group, validated again."""
+        grouped: dict = {}
+        for key, value in changes.items():
+            group = next((g for g in GROUPS if key in {f.name for f in dataclasses.fields(getattr(self, g))}), None)
+            if group is None:
+                grouped[key] = value
+            else:
+                grouped[group] = dataclasses.replace(grouped.get(group, getattr(self, group)), **{key: value})
+        return dataclasses.replace(self, **grouped)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def trained_settings(self) -> dict:
+        """Every setting that changes the trained weights or the choice of ``best.ckpt`` (not the
+        evaluation budgets): what a checkpoint records, and what resuming a run compares."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("attack", "lower_bound")}
+
     @classmethod
     def from_dict(cls, data: dict) -> Experiment:
-        """Rebuild from ``as_dict`` output (e.g. a checkpoint's hyperparameters), validating again."""
+        """Rebuild from ``as_dict`` or ``trained_settings`` output (e.g. a checkpoint's), validating again."""
         rest = {k: v for k, v in data.items() if k != "name"}
         return _build(cls, rest, f"experiments.{data['name']}", name=data["name"])
 
@@ -154,9 +213,10 @@ class WandbConfig:
 
 @dataclass(frozen=True)
 class Params:
-    """All of params.yaml: the experiments, the ``run`` selection, W&B and data sources."""
+    """All of params.yaml: the experiments, the ``run`` selection and its ``datasets``, W&B and data sources."""
 
     run: tuple[str, ...]
+    datasets: tuple[str, ...]
     experiments: dict[str, Experiment]
     wandb: WandbConfig = field(default_factory=WandbConfig)
     sources: dict[str, str | None] = field(default_factory=dict)
@@ -165,8 +225,13 @@ class Params:
         for name in self.run:
             if name not in self.experiments:
                 raise ConfigError(f"run: unknown experiment {name!r}; expected one of {sorted(self.experiments)}")
-        for dataset in self.sources:
-            _choice(f"sources.{dataset}", dataset, SOURCES)
+        for dataset in (*self.sources, *self.datasets):
+            _choice(f"sources.{dataset}" if dataset in self.sources else "datasets", dataset, SOURCES)
+        used = sorted({self.experiments[name].data.dataset for name in self.run})
+        if sorted(set(self.datasets)) != used or len(set(self.datasets)) != len(self.datasets):
+            raise ConfigError(f"datasets: got {list(self.datasets)}, but the experiments in run use {used}; "
+                              f"set datasets to exactly those (e.g. dvc exp run -S 'datasets=[{','.join(used)}]'), "
+                              "so that each is prepared once and no unused one is downloaded")
 
     def experiment(self, name: str) -> Experiment:
         if name not in self.experiments:
@@ -225,29 +290,34 @@ def _build(cls, data, path: str, **extra):
     return cls(**extra, **{k: _convert(f"{path}.{k}", v, hints[k]) for k, v in data.items()})
 
 
+def _names(key: str, value) -> tuple[str, ...]:
+    """A list of names (one name alone is accepted too)."""
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ConfigError(f"{key}: got {value!r}, expected a list of names")
+    return tuple(value)
+
+
 def parse_params(data: dict) -> Params:
     """Validate a params mapping (as read from params.yaml) into ``Params``."""
     if not isinstance(data, dict):
         raise ConfigError(f"params: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Params)})
     if unknown:
-        raise ConfigError(f"params: unknown top-level key(s) {unknown}; expected run, experiments, wandb, sources")
-    for key in ("run", "experiments"):
+        raise ConfigError(f"params: unknown top-level key(s) {unknown}; expected run, datasets, experiments, wandb, sources")
+    for key in ("run", "datasets", "experiments"):
         if key not in data:
             raise ConfigError(f"params: missing top-level key {key!r}")
     experiments = data["experiments"]
     if not isinstance(experiments, dict) or not experiments:
         raise ConfigError("experiments: expected a non-empty mapping of experiment name -> settings")
-    run = data["run"]
-    if isinstance(run, str):
-        run = [run]
-    if not isinstance(run, list) or not all(isinstance(n, str) for n in run):
-        raise ConfigError(f"run: got {run!r}, expected a list of experiment names")
+    run, datasets = (_names(key, data[key]) for key in ("run", "datasets"))
     sources = data.get("sources") or {}
     if not isinstance(sources, dict) or not all(v is None or isinstance(v, str) for v in sources.values()):
         raise ConfigError(f"sources: got {sources!r}, expected dataset -> folder of original files (or null)")
     return Params(
-        run=tuple(run),
+        run=run,
+        datasets=datasets,
         experiments={name: _build(Experiment, spec, f"experiments.{name}", name=name)
                      for name, spec in experiments.items()},
         wandb=_build(WandbConfig, data.get("wandb") or {}, "wandb"),

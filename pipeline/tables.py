@@ -26,14 +26,14 @@ B_COLUMNS = ("dataset", "architecture", "augmentation", "warmup", "batch_size", 
 def model_label(e: Experiment) -> str:
     if not e.robust:
         return "Standard"
-    if e.activation == "minmax":
+    if e.model.activation == "minmax":
         return "MinMax GloRo"
     return f"ReLU GloRo ({'T' if e.trades else 'CE'})"
 
 
 def setting_label(e: Experiment) -> str:
     eps = "36/255" if math.isclose(e.eps_test, 0.141) else f"{e.eps_test:g}"
-    return f"{DATASETS[e.dataset]} ({eps})"
+    return f"{DATASETS[e.data.dataset]} ({eps})"
 
 
 def _read(path: Path) -> dict | None:
@@ -49,7 +49,7 @@ def collect_metrics(results: Path, params: Params) -> dict[str, dict]:
             continue
         training, bounds = training or {}, bounds or {}
         metrics[name] = {
-            "experiment": name, "dataset": e.dataset, "model": model_label(e), "eps": e.eps_test,
+            "experiment": name, "dataset": e.data.dataset, "model": model_label(e), "eps": e.eps_test,
             "clean": cert["clean"], "pgd": cert["pgd"], "vra": cert["vra"], "vra_sound": cert["vra_sound"],
             "rejection": cert["rejection"], "selected_epoch": cert["epoch"],
             "last": {k: cert["last"][k] for k in ("clean", "pgd", "vra", "vra_sound", "epoch")},
@@ -101,7 +101,7 @@ def table_d1a(params: Params, metrics: dict) -> pd.DataFrame:
     for name in _rows(params, metrics, paper.D1A):
         e, ours = params.experiments[name], metrics.get(name)
         theirs = paper.D1A.get(name, (None,) * 6)
-        row = {"setting": setting_label(e), "model": model_label(e), "arch": e.architecture, "experiment": name}
+        row = {"setting": setting_label(e), "model": model_label(e), "arch": e.model.architecture, "experiment": name}
         for key, paper_value in zip(paper.D1A_COLUMNS, theirs):
             percent = key in ("clean", "pgd", "vra")
             value = None if ours is None else ours[key]
@@ -157,7 +157,7 @@ def table_b(params: Params, table: str) -> pd.DataFrame:
             if ours is None:
                 row[key] = f"{NOT_RUN} (paper: {paper_value})"
                 continue
-            value = getattr(ours, key)
+            value = ours.value(key)
             same = _same(value, paper_value)
             row[key] = f"{value}" if same else f"{value} (paper: {paper_value})"
         records.append(row)

@@ -4,10 +4,13 @@ The warm-up phase trains ``warmup`` epochs of plain cross-entropy and saves ``wa
 robust phase continues from it to ``warmup + epochs`` epochs, keeping the best checkpoint on the
 validation split (``best.ckpt``; VRA for GloRo, clean accuracy for Standard) and the latest
 (``last.ckpt``, every epoch). Run again after an interruption, it resumes from ``last.ckpt`` if
-that checkpoint belongs to the same experiment settings and starting point; otherwise it starts over.
+that run is unfinished and has the same trained settings (``Experiment.trained_settings``: not the
+evaluation budgets) and starting point. A run that cannot be resumed is never deleted: it is
+moved to ``<run folder>/../set_aside/<time>-epoch<k>/`` with a ``why.json``.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import shutil
@@ -20,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pipeline.config import Experiment, Params
 from pipeline.lit.datamodule import ArraysDataModule
 from pipeline.lit.module import GloroModule
+from pipeline.io import write_json
 from pipeline.tracking import lightning_logger
 
 
@@ -33,8 +37,9 @@ def file_digest(path: str | Path) -> str:
 
 
 def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataModule:
-    return ArraysDataModule(data_dir, experiment.dataset, experiment.batch_size, experiment.augmentation,
-                            val_fraction=experiment.val_fraction, seed=experiment.seed)
+    training = experiment.training
+    return ArraysDataModule(data_dir, experiment.data.dataset, training.batch_size, training.augmentation,
+                            val_fraction=experiment.data.val_fraction, seed=training.seed)
 
 
 def build_trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
@@ -47,11 +52,12 @@ def build_trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
 def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path,
             group: str | None = None) -> Path:
     """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically."""
-    L.seed_everything(experiment.seed, workers=True, verbose=False)
+    warmup = experiment.training.warmup
+    L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     data = datamodule_for(experiment, data_dir)
-    module = GloroModule(experiment.as_dict(), *data.describe())
-    logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if experiment.warmup else False
-    trainer = build_trainer(experiment.warmup, logger, limit_val_batches=0, enable_checkpointing=False)
+    module = GloroModule(experiment.trained_settings(), *data.describe())
+    logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
+    trainer = build_trainer(warmup, logger, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(module, data)
     if logger:
         logger.experiment.finish()
@@ -63,20 +69,39 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     return checkpoint
 
 
-def resumable(last: Path, hparams: dict, total_epochs: int) -> bool:
-    """Whether ``last`` is an unfinished run of exactly these settings from the same start."""
-    if not last.exists():
+def _differences(saved, current, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two nested dicts."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [line for key in sorted(set(saved) | set(current), key=str)
+                for line in _differences(saved.get(key), current.get(key), f"{prefix}{key}.")]
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
+
+
+def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int) -> bool:
+    """Whether to resume the run in ``out_dir``: an unfinished run of the same trained settings from
+    the same start. Any other run there is moved aside (with the reason), never deleted."""
+    last = out_dir / "last.ckpt"
+    if not out_dir.exists() or not any(out_dir.iterdir()):
         return False
     try:
         saved = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as error:  # a checkpoint cut short by the kill: start over, say why
-        print(f"not resuming: {last} is unreadable ({error})")
-        return False
-    same = saved.get("hyper_parameters") == hparams
-    unfinished = saved.get("epoch", total_epochs) + 1 < total_epochs
-    if not same:
-        print(f"not resuming: {last} was trained with other settings")
-    return same and unfinished
+    except Exception as error:  # missing, or cut short by a kill
+        saved, reason = None, [f"{last} is unreadable ({error})"]
+    if saved is not None:
+        reason = _differences(dict(saved.get("hyper_parameters", {})), dict(hparams))
+        if not reason and saved.get("epoch", total_epochs) + 1 >= total_epochs:
+            reason = [f"it finished all {total_epochs} epochs"]
+    if not reason:
+        return True
+    epochs_done = saved.get("epoch", -1) + 1 if saved is not None else 0
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = out_dir.parent / "set_aside" / f"{stamp}-epoch{epochs_done}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(out_dir, aside)
+    write_json(aside / "why.json", {"moved_from": str(out_dir), "epochs_done": epochs_done, "reason": reason})
+    print(f"not resuming {out_dir} ({epochs_done} epoch(s) done): {'; '.join(reason)}.\n"
+          f"  Kept it, unchanged, in {aside}; delete that folder when you no longer need it.")
+    return False
 
 
 def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path, out_dir: str | Path,
@@ -86,17 +111,15 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     ``callbacks`` are added to the Trainer's (e.g. Optuna's pruning callback); ``group`` and
     ``job_type`` name the W&B run.
     """
-    L.seed_everything(experiment.seed, workers=True, verbose=False)
+    L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     data = datamodule_for(experiment, data_dir)
-    module = GloroModule(experiment.as_dict(), *data.describe(), start=file_digest(start))
+    module = GloroModule(experiment.trained_settings(), *data.describe(), start=file_digest(start))
     total = experiment.schedule().total_epochs
     last = out_dir / "last.ckpt"
-    resume = resumable(last, dict(module.hparams), total)
+    resume = resume_or_set_aside(out_dir, dict(module.hparams), total)
     if resume:
         print(f"resuming {experiment.name} from {last}")
-    elif out_dir.exists():
-        shutil.rmtree(out_dir)
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
@@ -107,8 +130,9 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     finally:
         logger.experiment.finish()
     best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
-    seconds = module.epoch_seconds[experiment.warmup:] or module.epoch_seconds
-    return {"experiment": experiment.name, "epochs": total, "warmup": experiment.warmup,
+    warmup = experiment.training.warmup
+    seconds = module.epoch_seconds[warmup:] or module.epoch_seconds
+    return {"experiment": experiment.name, "epochs": total, "warmup": warmup,
             "best_epoch": best_epoch, "selection": experiment.selection_metric,
             "best_val": float(best.best_model_score), "resumed": bool(resume),
             "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": module.epoch_seconds,

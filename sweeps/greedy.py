@@ -76,7 +76,7 @@ class GreedySearch:
     def __init__(self, experiment: Experiment, objective: Objective, storage, budget: Budget = Budget(),
                  tie: float = 0.01, name: str | None = None, poll_seconds: float = 1.0,
                  steps: tuple[str, ...] = ORDER):
-        self.start = apply(experiment, "epochs", str(budget.epochs(experiment.epochs)))  # ramps rescaled too
+        self.start = apply(experiment, "epochs", str(budget.epochs(experiment.training.epochs)))  # ramps rescaled too
         self.objective, self.storage, self.budget, self.tie = objective, storage, budget, tie
         self.name = name or experiment.name
         self.poll_seconds = poll_seconds
@@ -84,7 +84,7 @@ class GreedySearch:
         self.trials_run = 0
 
     def study(self, step: str) -> optuna.Study:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.epochs // 2))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.training.epochs // 2))
         return optuna.create_study(study_name=f"{self.name}/{step}", storage=self.storage, direction="maximize",
                                    pruner=pruner, load_if_exists=True)
 
@@ -92,7 +92,7 @@ class GreedySearch:
         current, results = self.start, []
         for step in self.steps:
             if step == "loss" and not current.trades:
-                results.append(StepResult(step, chosen=current.loss, note="not searched: the row trains with CE"))
+                results.append(StepResult(step, chosen=current.training.loss, note="not searched: the row trains with CE"))
                 continue
             try:
                 result = self.search_step(step, current)
@@ -248,14 +248,16 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
     return objective
 
 
-def prepare_data(experiment: Experiment, params: Params, data_dir: Path) -> None:
-    """The experiment's dataset, prepared once for all trials."""
+def prepare_data(experiment: Experiment, params: Params) -> Path:
+    """The experiment's dataset in the pipeline's shared ``data/<dataset>/``, prepared there if missing."""
     from pipeline.data.sources import load_source
 
-    if not (data_dir / f"{experiment.dataset}.npz").exists():
-        from_dir = params.sources.get(experiment.dataset)
-        load_source(experiment.dataset, from_dir and Path(from_dir), Path("data/downloads")).save(
-            data_dir, experiment.dataset)
+    dataset = experiment.data.dataset
+    data_dir = Path("data") / dataset
+    if not (data_dir / f"{dataset}.json").exists():
+        from_dir = params.sources.get(dataset)
+        load_source(dataset, from_dir and Path(from_dir)).save(data_dir, dataset)
+    return data_dir
 
 
 def main(argv=None) -> int:
@@ -292,10 +294,10 @@ def main(argv=None) -> int:
 
     work_dir = Path("sweeps/work") / experiment.name
     work_dir.mkdir(parents=True, exist_ok=True)
-    prepare_data(experiment, params, work_dir / "data")
+    data_dir = prepare_data(experiment, params)
     storage = open_storage(args.storage or f"sqlite:///sweeps/{experiment.name}.db")
     group = f"search-{experiment.name}"
-    search = GreedySearch(experiment, training_objective(params, work_dir / "data", work_dir, group), storage,
+    search = GreedySearch(experiment, training_objective(params, data_dir, work_dir, group), storage,
                           Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
     started = time.perf_counter()
     results = search.run()

@@ -24,15 +24,15 @@ def search_table(experiment: Experiment, results) -> pd.DataFrame:
                           + (" (pruned)" if state == "pruned" else "") for value, vra, state in result.tried)
         records.append({"step": result.step, "tried (value: val VRA %)": tried or result.note,
                         "chosen": result.chosen if result.chosen is not None else "-",
-                        "params.yaml": str(getattr(experiment, result.step)),
+                        "params.yaml": str(experiment.value(result.step)),
                         "paper": paper_value(experiment, result.step)})
     return pd.DataFrame(records)
 
 
 def write_report(experiment: Experiment, results, out: Path, budget: Budget, seconds: float, trials: int) -> None:
     notes = (f"Greedy search in the paper's order; objective: best VRA on the validation split. Epoch counts "
-             f"scaled by {budget.epoch_scale} (the search trains {budget.epochs(experiment.epochs)} epochs where "
-             f"params.yaml says {experiment.epochs}); trial cap: {budget.max_trials}. Wall time of the last run: "
+             f"scaled by {budget.epoch_scale} (the search trains {budget.epochs(experiment.training.epochs)} epochs where "
+             f"params.yaml says {experiment.training.epochs}); trial cap: {budget.max_trials}. Wall time of the last run: "
              f"{seconds:.0f} s for {trials} new trial(s). `{{epochs}}` in a ramp is the epoch count of the run.")
     write_table(search_table(experiment, results), Path(out), f"search_{experiment.name}",
                 f"Greedy hyperparameter search: {experiment.name}", notes)

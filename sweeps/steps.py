@@ -6,7 +6,7 @@ schedule stands for the experiment's epoch count at the time the trial runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from pipeline.config import Experiment
@@ -27,24 +27,24 @@ class Budget:
 
 def resolve(value: str, experiment: Experiment) -> str:
     """Fill the ``{epochs}`` placeholder of a ramp schedule."""
-    return value.replace("{epochs}", str(experiment.epochs))
+    return value.replace("{epochs}", str(experiment.training.epochs))
 
 
 def apply(experiment: Experiment, key: str, value: str) -> Experiment:
     """The experiment with ``key`` set to the candidate ``value`` (validated like params.yaml)."""
     typed = {"epochs": int, "warmup": int, "power_iterations": int, "batch_size": int}.get(key, str)
-    changed = replace(experiment, **{key: typed(resolve(value, experiment))})
+    changes = {key: typed(resolve(value, experiment))}
     if key == "epochs":  # ramps that spanned the whole run keep spanning it
         for ramp_key in ("loss", "eps_schedule"):
-            parts = getattr(experiment, ramp_key).split(",")
-            if len(parts) == 3 and parts[2] == str(experiment.epochs):
-                changed = replace(changed, **{ramp_key: ",".join(parts[:2] + [str(changed.epochs)])})
-    return changed
+            parts = experiment.value(ramp_key).split(",")
+            if len(parts) == 3 and parts[2] == str(experiment.training.epochs):
+                changes[ramp_key] = ",".join(parts[:2] + [str(changes["epochs"])])
+    return experiment.with_values(**changes)
 
 
 def eps_candidates(e: Experiment, budget: Budget) -> list[str]:
     # single < x,y,e < log in complexity; the linear ramp rises from 0 over the first half
-    return ["single", f"0.0,{e.eps_train},{max(1, e.epochs // 2)}", "log"]
+    return ["single", f"0.0,{e.training.eps_train},{max(1, e.training.epochs // 2)}", "log"]
 
 
 def lambda_candidates(e: Experiment, budget: Budget) -> list[str]:

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 _REPORT: list[str] = []
 
@@ -43,3 +45,16 @@ def mnist_dir():
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"genuine MNIST files not found in {SHARED_MNIST}")
     return SHARED_MNIST
+
+
+def tiny_params(epochs: int = 3) -> dict:
+    """params.yaml shrunk: the digits MinMax default with a few epochs and a token evaluation budget."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    experiment = params["experiments"]["digits_minmax"]
+    experiment = experiment | {
+        "training": experiment["training"] | {"epochs": epochs, "loss": f"0.1,2.0,{epochs}", "batch_size": 256},
+        "attack": {"steps": 5, "restarts": 1},
+        "lower_bound": {"global_pairs": 4, "global_steps": 5, "local_centres": 4, "local_steps": 5, "lr": 1e-3}}
+    return params | {"run": ["tiny"], "datasets": ["digits"],
+                     "wandb": {"mode": "offline", "project": "test", "entity": None},
+                     "experiments": params["experiments"] | {"tiny": experiment}}

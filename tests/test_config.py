@@ -16,11 +16,15 @@ RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def with_change(experiment: str, key: str, value) -> dict:
+    """params.yaml with one key of an experiment changed (``group.key`` or a top-level key)."""
     data = copy.deepcopy(RAW)
+    *group, key = key.split(".")
+    holder = data["experiments"][experiment]
+    holder = holder[group[0]] if group else holder
     if value is DELETE:
-        del data["experiments"][experiment][key]
+        del holder[key]
     else:
-        data["experiments"][experiment][key] = value
+        holder[key] = value
     return data
 
 
@@ -39,7 +43,7 @@ def test_paper_rows_in_params_match_tables_b1_b2():
     for name, theirs in paper.HYPERPARAMETERS.items():
         ours = params.experiment(name)
         for key, value in theirs.items():
-            mine = getattr(ours, key)
+            mine = ours.value(key)
             if isinstance(value, float):
                 assert float(mine) == pytest.approx(value), (name, key)
             else:
@@ -48,27 +52,30 @@ def test_paper_rows_in_params_match_tables_b1_b2():
 
 def test_every_architecture_has_a_standard_baseline():
     params = load_params(ROOT / "params.yaml")
-    gloro = {(e.dataset, e.architecture) for name, e in params.experiments.items() if name in paper.HYPERPARAMETERS}
-    standard = {(e.dataset, e.architecture) for e in params.experiments.values()
-                if not e.robust and e.dataset != "digits"}
+    gloro = {(e.data.dataset, e.model.architecture) for name, e in params.experiments.items()
+             if name in paper.HYPERPARAMETERS}
+    standard = {(e.data.dataset, e.model.architecture) for e in params.experiments.values()
+                if not e.robust and e.data.dataset != "digits"}
     assert gloro == standard
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("epohcs", 5, "unknown key(s) ['epohcs']"),
-    ("eps_schedule", "linear", "bad eps schedule 'linear'"),
-    ("loss", "1,2", "bad TRADES lambda schedule '1,2'"),
-    ("lr_decay", "decay to fast", "bad LR schedule 'decay to fast'"),
-    ("architecture", "9C9F", "experiments.digits_minmax.architecture: '9C9F' is neither"),
-    ("activation", "tanh", "experiments.digits_minmax.activation: got 'tanh'"),
-    ("batch_size", 0, "experiments.digits_minmax.batch_size: got 0"),
-    ("batch_size", "big", "experiments.digits_minmax.batch_size: got 'big', expected int"),
+    ("training.epohcs", 5, "experiments.digits_minmax.training: unknown key(s) ['epohcs']"),
+    ("epochs", 5, "experiments.digits_minmax: unknown key(s) ['epochs']"),
+    ("training.eps_schedule", "linear", "bad eps schedule 'linear'"),
+    ("training.loss", "1,2", "bad TRADES lambda schedule '1,2'"),
+    ("training.lr_decay", "decay to fast", "bad LR schedule 'decay to fast'"),
+    ("model.architecture", "9C9F", "experiments.digits_minmax.model.architecture: '9C9F' is neither"),
+    ("model.activation", "tanh", "experiments.digits_minmax.model.activation: got 'tanh'"),
+    ("training.batch_size", 0, "experiments.digits_minmax.training.batch_size: got 0"),
+    ("training.batch_size", "big", "experiments.digits_minmax.training.batch_size: got 'big', expected int"),
     ("eps_test", -0.3, "experiments.digits_minmax.eps_test: got -0.3"),
-    ("val_fraction", 0.0, "val_fraction: got 0.0"),
-    ("dataset", "imagenet", "experiments.digits_minmax.dataset: got 'imagenet'"),
+    ("data.val_fraction", 0.0, "data.val_fraction: got 0.0"),
+    ("data.dataset", "imagenet", "experiments.digits_minmax.data.dataset: got 'imagenet'"),
     ("attack", {"steps": 10}, None),
     ("attack", {"step": 10}, "experiments.digits_minmax.attack: unknown key(s) ['step']"),
-    ("power_iterations", DELETE, "experiments.digits_minmax: missing key(s) ['power_iterations']"),
+    ("model.power_iterations", DELETE, "experiments.digits_minmax.model: missing key(s) ['power_iterations']"),
+    ("training", DELETE, "experiments.digits_minmax: missing key(s) ['training']"),
 ])
 def test_bad_values_name_the_key_and_value(key, value, message):
     data = with_change("digits_minmax", key, value)
@@ -81,8 +88,29 @@ def test_bad_values_name_the_key_and_value(key, value, message):
 
 
 def test_standard_models_must_use_plain_ce():
-    with pytest.raises(ConfigError, match="digits_standard.loss: got '1.5'"):
-        parse_params(with_change("digits_standard", "loss", 1.5))
+    with pytest.raises(ConfigError, match="digits_standard.training.loss: got '1.5'"):
+        parse_params(with_change("digits_standard", "training.loss", 1.5))
+
+
+def test_datasets_must_be_exactly_those_of_the_selected_experiments():
+    for datasets in (["digits", "mnist"], [], ["digits", "digits"]):
+        with pytest.raises(ConfigError, match=r"datasets: got .*, but the experiments in run use \['digits'\]"):
+            parse_params(copy.deepcopy(RAW) | {"datasets": datasets})
+    selection = {"run": ["digits_minmax", "mnist_t10k_2c2f_minmax"], "datasets": ["digits"]}
+    with pytest.raises(ConfigError, match=r"dvc exp run -S 'datasets=\[digits,mnist_t10k\]'"):
+        parse_params(copy.deepcopy(RAW) | selection)
+    assert parse_params(copy.deepcopy(RAW) | selection | {"datasets": ["mnist_t10k", "digits"]})
+
+
+def test_trained_settings_leave_out_only_the_evaluation_budgets():
+    experiment = load_params(ROOT / "params.yaml").experiment("digits_minmax")
+    assert set(experiment.trained_settings()) == {"name", "data", "model", "training", "eps_test"}
+    changed = parse_params(with_change("digits_minmax", "attack", {"steps": 7})).experiment("digits_minmax")
+    assert changed.trained_settings() == experiment.trained_settings()
+    for key in ("training.epochs", "data.val_fraction", "model.init", "eps_test"):
+        value = {"training.epochs": 61, "data.val_fraction": 0.2, "model.init": "default", "eps_test": 0.25}[key]
+        other = parse_params(with_change("digits_minmax", key, value)).experiment("digits_minmax")
+        assert other.trained_settings() != experiment.trained_settings(), key
 
 
 def test_run_must_name_known_experiments():
@@ -94,7 +122,7 @@ def test_run_must_name_known_experiments():
 
 
 def test_stage_exits_2_with_the_message_before_any_work(tmp_path, capsys):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("digits_minmax", "eps_schedule", "lgo")))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("digits_minmax", "training.eps_schedule", "lgo")))
     assert train.main(["digits_minmax", "--params", str(tmp_path / "params.yaml")]) == 2
     assert "bad eps schedule 'lgo'" in capsys.readouterr().err
     assert train.main(["no_such_experiment", "--params", str(ROOT / "params.yaml")]) == 2

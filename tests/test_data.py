@@ -27,7 +27,7 @@ def md5(path):
 
 
 def test_prepare_digits_writes_arrays_and_metadata(tmp_path):
-    assert prepare.main(["--dataset", "digits", "--out", str(tmp_path)]) == 0
+    assert prepare.main(["digits", "--out", str(tmp_path)]) == 0
     data = DatasetArrays.load(tmp_path, "digits")
     assert data.x_train.shape == (1347, 1, 8, 8) and data.x_test.shape == (450, 1, 8, 8)
     assert data.max_value == 16 and data.x_train.max() == 16
@@ -69,7 +69,7 @@ def mnist_folder(tmp_path, mnist_dir, monkeypatch):
 
 def test_prepare_mnist_from_folder(mnist_folder, tmp_path):
     out = tmp_path / "out"
-    assert prepare.main(["--dataset", "mnist", "--from", str(mnist_folder), "--out", str(out)]) == 0
+    assert prepare.main(["mnist", "--from", str(mnist_folder), "--out", str(out)]) == 0
     data = DatasetArrays.load(out, "mnist")
     assert data.x_train.shape == (100, 1, 28, 28) and data.x_test.shape == (10_000, 1, 28, 28)
 
@@ -84,7 +84,7 @@ def test_bad_mnist_file_names_file_and_checksum_and_writes_nothing(mnist_folder,
     elif damage == "corrupt":
         target.write_bytes(content[:100] + bytes([content[100] ^ 0xFF]) + content[101:])
     out = tmp_path / "out"
-    assert prepare.main(["--dataset", "mnist", "--from", str(mnist_folder), "--out", str(out)]) == 1
+    assert prepare.main(["mnist", "--from", str(mnist_folder), "--out", str(out)]) == 1
     error = capsys.readouterr().err
     assert str(target) in error and "ec29112dd5afa0611ce80d1b7f02629c" in error
     assert ("missing" if damage == "remove" else "truncated or corrupt") in error
@@ -190,7 +190,7 @@ def test_unknown_dataset_and_missing_folder(tmp_path):
 
 @pytest.fixture
 def digits_module(tmp_path):
-    prepare.main(["--dataset", "digits", "--out", str(tmp_path)])
+    prepare.main(["digits", "--out", str(tmp_path)])
     module = ArraysDataModule(tmp_path, "digits", batch_size=100, val_fraction=0.1, seed=3)
     module.setup()
     return module
@@ -246,7 +246,7 @@ class Recorder(L.LightningModule):
 
 
 def test_lightning_trains_from_the_datamodule_with_new_order_each_epoch(tmp_path):
-    prepare.main(["--dataset", "digits", "--out", str(tmp_path)])
+    prepare.main(["digits", "--out", str(tmp_path)])
     module = ArraysDataModule(tmp_path, "digits", batch_size=256, augmentation="default", seed=0)
     model = Recorder()
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -13,27 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_params
 
 from pipeline import certify as user_certify
 from pipeline.artifacts import load_gloro
 from pipeline.gloro.model import certify_logits
-from pipeline.stages import certify, converge, lower_bounds, prepare, tables, train, warmup
+from pipeline.stages import certify, converge, dataset, lower_bounds, prepare, tables, train, warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ("clean", "pgd", "vra", "eps", "sec_per_epoch", "epochs", "mem_mb_per_instance", "cert_seconds",
             "cert_mem_mb_per_instance", "lipschitz_global_ub", "lipschitz_global_lb", "lipschitz_local_lb",
             "vra_sound", "device")
-
-
-def tiny_params(epochs: int = 3) -> dict:
-    """params.yaml shrunk: the digits MinMax default with a few epochs and a token evaluation budget."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    experiment = params["experiments"]["digits_minmax"] | {
-        "epochs": epochs, "loss": f"0.1,2.0,{epochs}", "batch_size": 256,
-        "attack": {"steps": 5, "restarts": 1},
-        "lower_bound": {"global_pairs": 4, "global_steps": 5, "local_centres": 4, "local_steps": 5, "lr": 1e-3}}
-    return params | {"run": ["tiny"], "wandb": {"mode": "offline", "project": "test", "entity": None},
-                     "experiments": params["experiments"] | {"tiny": experiment}}
 
 
 @pytest.fixture
@@ -48,8 +38,9 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_every_stage_writes_its_outputs(workdir):
-    assert prepare.main(["tiny"]) == 0
-    assert (workdir / "data/tiny/digits.npz").exists()
+    assert prepare.main(["digits"]) == 0
+    assert (workdir / "data/digits/digits.npz").exists()
+    assert dataset.main(["tiny"]) == 0
     assert warmup.main(["tiny"]) == 0
     assert train.main(["tiny"]) == 0
     summary = json.loads((workdir / "results/training/tiny.json").read_text())
@@ -79,7 +70,7 @@ def test_every_stage_writes_its_outputs(workdir):
     assert list((workdir / "wandb").glob("offline-run-*")), "W&B runs are written offline, no account needed"
 
     # An outsider with only model.pt2 and lipschitz.json (plain torch) gets identical certificates.
-    data = __import__("numpy").load(workdir / "data/tiny/digits.npz")
+    data = __import__("numpy").load(workdir / "data/digits/digits.npz")
     x = torch.from_numpy(data["x_test"]).float() / 16
     f = torch.export.load(workdir / "models/tiny/best/model.pt2").module()
     lipschitz = json.loads((workdir / "models/tiny/best/lipschitz.json").read_text())
@@ -109,7 +100,7 @@ def _epoch_of(checkpoint: Path) -> int:
 
 def test_killed_training_resumes_from_last_checkpoint(workdir):
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=40)))
-    assert prepare.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0
+    assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=workdir, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -127,6 +118,10 @@ def test_killed_training_resumes_from_last_checkpoint(workdir):
     assert len(summary["epoch_seconds"]) == 40, "epochs before the kill are kept, not retrained"
     assert _epoch_of(last) == 39
 
-    # Finished: the same command now starts over (e.g. after a code change DVC re-runs it), never skips.
+    # Finished: the same command now starts over (e.g. after a code change DVC re-runs it), never skips,
+    # and the finished run is kept aside, not deleted.
     assert train.main(["tiny"]) == 0
     assert not json.loads((workdir / "results/training/tiny.json").read_text())["resumed"]
+    (aside,) = (workdir / "models/tiny/set_aside").iterdir()
+    assert aside.name.endswith("-epoch40") and _epoch_of(aside / "last.ckpt") == 39
+    assert "finished all 40 epochs" in json.loads((aside / "why.json").read_text())["reason"][0]

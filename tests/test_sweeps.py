@@ -36,10 +36,10 @@ def preferring(seen: list | None = None, crash_on: str | None = None, stop_after
             raise KeyboardInterrupt
         if label == crash_on:
             raise RuntimeError("diverged")
-        lam = float(e.loss) if "," not in e.loss else 0.0
-        return (0.5 + 0.1 * (e.eps_schedule == "log") - 0.2 * abs(lam - 3.2) - 0.05 * abs(e.epochs - 3)
-                + 0.05 * (e.lr_decay == "5e-07") + 0.05 * (e.warmup == 0) + 0.05 * (e.init == "orthogonal")
-                + 0.05 * (e.power_iterations == 5) + 0.05 * (e.batch_size == 256))
+        lam = float(e.value("loss")) if "," not in e.value("loss") else 0.0
+        return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2) - 0.05 * abs(e.value("epochs") - 3)
+                + 0.05 * (e.value("lr_decay") == "5e-07") + 0.05 * (e.value("warmup") == 0) + 0.05 * (e.value("init") == "orthogonal")
+                + 0.05 * (e.value("power_iterations") == 5) + 0.05 * (e.value("batch_size") == 256))
 
     objective.calls = calls
     return objective
@@ -57,10 +57,10 @@ def test_steps_run_in_the_papers_order_and_winners_carry_over():
     assert lambdas[:10] == [f"{float(n)}" for n in range(1, 11)]  # whole numbers first
     assert {"3.1", "3.2", "3.3"} <= set(lambdas) and "0.1,3.2,1" in lambdas  # refined by 0.1, then ramps (over the 1 scaled epoch)
     # every trial after a step uses that step's winner
-    assert len([e for _, e in seen if e.eps_schedule != "log"]) == 2  # only the other two eps candidates
+    assert len([e for _, e in seen if e.value("eps_schedule") != "log"]) == 2  # only the other two eps candidates
     first_init = next(i for i, (label, _) in enumerate(seen) if label.startswith("init="))
     for _, e in seen[first_init:]:
-        assert (e.eps_schedule, e.loss, e.epochs, e.lr_decay, e.warmup) == ("log", "3.2", 3, "5e-07", 0)
+        assert (e.value("eps_schedule"), e.value("loss"), e.value("epochs"), e.value("lr_decay"), e.value("warmup")) == ("log", "3.2", 3, "5e-07", 0)
 
 
 def test_epochs_go_up_by_100_until_vra_stops_increasing_then_down_by_50():
@@ -117,7 +117,7 @@ from sweeps.steps import Budget
 experiment = load_params({params!r}).experiment("digits_minmax")
 def objective(e, trial, label):
     time.sleep(0.2)
-    return 0.5 + 0.1 * (e.eps_schedule == "log") + 0.05 * (e.init == "orthogonal")
+    return 0.5 + 0.1 * (e.value("eps_schedule") == "log") + 0.05 * (e.value("init") == "orthogonal")
 search = GreedySearch(experiment, objective, open_storage({url!r}), Budget(0.01), poll_seconds=0.1)
 print([r.chosen for r in search.run()], search.trials_run)
 """

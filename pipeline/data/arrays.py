@@ -4,10 +4,12 @@ Layout of ``<name>.npz``:
     ``x_train`` uint8 ``[N, C, H, W]``, ``y_train`` int64 ``[N]``, ``x_test`` uint8 ``[M, C, H, W]``,
     ``y_test`` int64 ``[M]``. Pixel values are integers in ``[0, max_value]``; the model sees
     ``x / max_value`` in [0, 1] (``max_value`` is 255, or 16 for scikit-learn's digits).
-``<name>.json`` records the source, the verified checksums, shapes, class names and the split.
+``<name>.json`` records the source, the verified checksums, shapes, class names, the split and
+``arrays_sha256``, a digest of the arrays' content that the experiments' stages check.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,16 @@ import numpy as np
 from ..io import atomic_open, write_json
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes: the content, whatever the file's bytes."""
+    digest = hashlib.sha256()
+    for key in KEYS:
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{array.dtype.str}:{list(array.shape)};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -52,9 +64,10 @@ class DatasetArrays:
         """Write ``<name>.npz`` then ``<name>.json`` atomically; returns both paths."""
         directory = Path(directory)
         npz, meta = directory / f"{name}.npz", directory / f"{name}.json"
+        arrays = {k: getattr(self, k) for k in KEYS}
         with atomic_open(npz) as handle:
-            np.savez(handle, **{k: getattr(self, k) for k in KEYS})
-        write_json(meta, {**self.metadata, **self.describe(), "dataset": name})
+            np.savez(handle, **arrays)
+        write_json(meta, {**self.metadata, **self.describe(), "dataset": name, "arrays_sha256": arrays_digest(arrays)})
         return npz, meta
 
     @classmethod

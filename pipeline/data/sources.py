@@ -7,10 +7,8 @@ from types import ModuleType
 
 from torchvision.datasets.utils import download_url
 
-from . import cifar10, digits, mnist, tinyimagenet
+from . import SOURCES, cifar10, digits, mnist, tinyimagenet
 from .arrays import DatasetArrays
-
-SOURCES = ("digits", "mnist", "mnist_t10k", "cifar10", "tinyimagenet")
 
 
 def _read_original_archive(source: ModuleType, from_dir: Path | None, cache: Path) -> DatasetArrays:
@@ -21,7 +19,7 @@ def _read_original_archive(source: ModuleType, from_dir: Path | None, cache: Pat
     return source.read_archive(Path(from_dir) / source.ARCHIVE)
 
 
-def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("data/downloads")) -> DatasetArrays:
+def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("downloads")) -> DatasetArrays:
     """Load dataset ``name`` from the original files in ``from_dir``, or download them into ``cache``.
 
     ``digits`` ships with scikit-learn and needs neither.

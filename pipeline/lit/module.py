@@ -25,7 +25,7 @@ class GloroModule(L.LightningModule):
 
     def __init__(self, experiment: dict, input_shape: list[int], num_classes: int, start: str | None = None):
         super().__init__()
-        self.save_hyperparameters()  # the experiment as a plain dict: the checkpoint describes its run
+        self.save_hyperparameters()  # the experiment's trained settings: the checkpoint describes its run
         self.experiment = Experiment.from_dict(experiment)
         self.net = build_gloro(self.experiment, tuple(input_shape), num_classes)
         self.schedule = self.experiment.schedule()
@@ -43,7 +43,7 @@ class GloroModule(L.LightningModule):
         self.memory_mb_per_instance = checkpoint.get("mem_mb_per_instance")
 
     def configure_optimizers(self):
-        init_lr = self.experiment.init_lr
+        init_lr = self.experiment.training.init_lr
         optimiser = torch.optim.Adam(self.parameters(), lr=init_lr, eps=1e-7)  # Keras's Adam epsilon
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda epoch: self.schedule.at(epoch).lr / init_lr)
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
@@ -87,11 +87,11 @@ class GloroModule(L.LightningModule):
         self.log("train/sec_per_epoch", self.epoch_seconds[-1])
         if self.device.type == "cuda":
             self.memory_mb_per_instance = (torch.cuda.max_memory_allocated(self.device)
-                                           / self.experiment.batch_size / MB)
+                                           / self.experiment.training.batch_size / MB)
         self.log("train/mem_mb_per_instance", self.memory_mb_per_instance)
 
     def on_validation_epoch_start(self) -> None:
-        self.net.converge(self.experiment.converge_tol)
+        self.net.converge(self.experiment.training.converge_tol)
         self._val_k = self.net.k_ij().detach()
         self.log("val/lipschitz", self.net.global_lipschitz())
 

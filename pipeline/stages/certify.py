@@ -16,30 +16,29 @@ import sys
 import torch
 import wandb
 
-from pipeline.artifacts import load_exported, load_gloro
+from pipeline.artifacts import SELECTIONS, load_exported, load_gloro
 from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
 from pipeline.io import atomic_open, write_json
 from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
-from pipeline.stages.common import run_stage
-from pipeline.stages.converge import SELECTIONS
+from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
 from pipeline.tracking import start_run
 
 
-def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor) -> int:
+def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor, eps: float) -> int:
     """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's."""
     _, net, _ = load_gloro(directory)
-    power = certify_logits(batched_logits(f, x), torch.tensor(lipschitz["K"]), lipschitz["eps"]).certified
-    sound = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), lipschitz["eps"],
+    power = certify_logits(batched_logits(f, x), torch.tensor(lipschitz["K"]), eps).certified
+    sound = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
                             torch.tensor(lipschitz["rounding_float64"])).certified
-    net_power = net.certify(x, bound="power").certified
-    net_sound = certify_float64(net.f, x, net.k_ij_sound(), net.eps, net.rounding(torch.float64)).certified
+    net_power = net.certify(x, eps, bound="power").certified
+    net_sound = certify_float64(net.f, x, net.k_ij_sound(), eps, net.rounding(torch.float64)).certified
     return int((power != net_power).sum() + (sound != net_sound).sum())
 
 
 def certify(params, experiment) -> int:
     name = experiment.name
-    data = DatasetArrays.load(f"data/{name}", experiment.dataset)
+    data = DatasetArrays.load(prepared_data(experiment), experiment.data.dataset)
     x = torch.from_numpy(data.x_test).float() / data.max_value
     y = torch.from_numpy(data.y_test)
     attack = AttackSettings(experiment.attack.steps, experiment.attack.restarts)
@@ -47,20 +46,21 @@ def certify(params, experiment) -> int:
     for which in SELECTIONS:
         directory = f"models/{name}/{which}"
         f, lipschitz = load_exported(directory)
+        check_exported_eps(lipschitz, experiment, directory)
         if results and lipschitz["epoch"] == results["best"]["epoch"]:  # the same checkpoint
             results[which] = dict(results["best"])
             continue
         metrics = certify_test_set(f, torch.tensor(lipschitz["K"]), torch.tensor(lipschitz["K_sound"]),
                                    torch.tensor(lipschitz["rounding_float64"]), experiment.eps_test, x, y, attack,
-                                   seed=experiment.seed)
+                                   seed=experiment.training.seed)
         metrics |= {"epoch": lipschitz["epoch"], "lipschitz_global_ub": max(map(max, lipschitz["K"])),
                     "lipschitz_global_ub_sound": max(map(max, lipschitz["K_sound"])),
                     "lipschitz_layer_product": lipschitz["global_ub"],
-                    "export_mismatches": export_mismatches(directory, f, lipschitz, x)}
+                    "export_mismatches": export_mismatches(directory, f, lipschitz, x, experiment.eps_test)}
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
     results["last"].pop("radius_curve")
-    summary = {"experiment": name, "model": experiment.model, "selection": "best on validation split",
+    summary = {"experiment": name, "selection": "best on validation split",
                **results["best"], "last": results["last"]}
     write_json(f"results/certification/{name}.json", summary)
     with atomic_open(f"results/plots/radius/{name}.csv", "w") as handle:

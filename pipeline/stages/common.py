@@ -1,7 +1,9 @@
-"""What every stage entry point shares: the experiment argument, params loading, error exits."""
+"""What every stage entry point shares: the experiment argument, params loading, error exits, and
+the experiment's prepared dataset."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,4 +29,42 @@ def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=N
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return body(params, experiment) or 0
+    try:
+        return body(params, experiment) or 0
+    except StaleInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+class StaleInputError(RuntimeError):
+    """A stage's input no longer matches params.yaml (changed behind DVC's back): run ``dvc repro``."""
+
+
+def dataset_record(experiment: Experiment) -> Path:
+    """``models/<experiment>/dataset.json``: which prepared dataset the experiment uses, and its digest."""
+    return Path("models") / experiment.name / "dataset.json"
+
+
+def prepared_data(experiment: Experiment) -> Path:
+    """``data/<dataset>``, checked to hold the arrays that ``dataset_record`` names.
+
+    The stages after ``dataset`` depend (in dvc.yaml) on that small record rather than on the shared
+    folder, so preparing another dataset re-runs nothing of this experiment; this check makes sure
+    the folder was not changed behind DVC's back.
+    """
+    folder = Path("data") / experiment.data.dataset
+    record = json.loads(dataset_record(experiment).read_text())
+    meta = folder / f"{experiment.data.dataset}.json"
+    found = json.loads(meta.read_text()).get("arrays_sha256") if meta.exists() else None
+    if record.get("dataset") != experiment.data.dataset or found != record.get("arrays_sha256"):
+        raise StaleInputError(f"{folder} holds {found and found[:12]!r}, but {dataset_record(experiment)} records "
+                             f"{record.get('dataset')!r} with {str(record.get('arrays_sha256'))[:12]!r}; "
+                             "run `dvc repro` to prepare and record the dataset again")
+    return folder
+
+
+def check_exported_eps(lipschitz: dict, experiment: Experiment, folder) -> None:
+    """The exported ``lipschitz.json`` is certified at the experiment's one test radius, ``eps_test``."""
+    if lipschitz["eps"] != experiment.eps_test:
+        raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {lipschitz['eps']}, but "
+                              f"experiments.{experiment.name}.eps_test is {experiment.eps_test}; run `dvc repro`")

@@ -12,18 +12,19 @@ from __future__ import annotations
 import sys
 import time
 
-from pipeline.artifacts import export_converged, read_checkpoint
-from pipeline.stages.common import run_stage
-
-SELECTIONS = ("best", "last")
-
+from pipeline.artifacts import SELECTIONS, export_converged, read_checkpoint
+from pipeline.stages.common import StaleInputError, run_stage
 
 def converge(params, experiment) -> None:
     for which in SELECTIONS:
-        _, net, info = read_checkpoint(f"models/{experiment.name}/train/{which}.ckpt")
+        checkpoint = f"models/{experiment.name}/train/{which}.ckpt"
+        trained, net, info = read_checkpoint(checkpoint)
+        if trained.trained_settings() != experiment.trained_settings():
+            raise StaleInputError(f"{checkpoint} was trained with other settings than params.yaml's "
+                                  f"experiments.{experiment.name}; run `dvc repro`")
         start = time.perf_counter()
-        iterations = net.converge(experiment.converge_tol)
-        info |= {"selection": which, "converge_tol": experiment.converge_tol,
+        iterations = net.converge(experiment.training.converge_tol)
+        info |= {"selection": which, "converge_tol": experiment.training.converge_tol,
                  "converge_iterations": iterations, "converge_seconds": time.perf_counter() - start}
         summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")
         print(f"{experiment.name}/{which} (epoch {info['epoch']}): {sum(iterations)} iterations, "

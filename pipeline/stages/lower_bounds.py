@@ -19,15 +19,16 @@ from pipeline.artifacts import load_exported
 from pipeline.data.arrays import DatasetArrays
 from pipeline.gloro import global_lower_bound, local_lower_bound
 from pipeline.io import write_json
-from pipeline.stages.common import run_stage
+from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
 
 
 def lower_bounds(params, experiment) -> None:
     name, budget = experiment.name, experiment.lower_bound
-    data = DatasetArrays.load(f"data/{name}", experiment.dataset)
+    data = DatasetArrays.load(prepared_data(experiment), experiment.data.dataset)
     pool = torch.from_numpy(data.x_test).float() / data.max_value
     f, lipschitz = load_exported(f"models/{name}/best")
-    generator = torch.Generator().manual_seed(experiment.seed)
+    check_exported_eps(lipschitz, experiment, f"models/{name}/best")
+    generator = torch.Generator().manual_seed(experiment.training.seed)
     start = time.perf_counter()
     best_global = global_lower_bound(f, pool, budget.global_pairs, budget.global_steps, budget.lr, generator)
     mid = time.perf_counter()

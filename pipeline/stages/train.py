@@ -4,21 +4,22 @@
 
 Writes ``models/<experiment>/train/{best,last}.ckpt`` (best = highest VRA on the validation
 split, clean accuracy for Standard models) and ``results/training/<experiment>.json``. If a
-previous run was killed, the same command resumes from ``last.ckpt``.
+previous run was killed, the same command resumes from ``last.ckpt``; a previous run it cannot
+resume (other trained settings, or finished) is moved to ``models/<experiment>/set_aside/``.
 """
 from __future__ import annotations
 
 import sys
 
 from pipeline.io import write_json
-from pipeline.stages.common import run_stage
+from pipeline.stages.common import prepared_data, run_stage
 
 
 def train(params, experiment) -> None:
     from pipeline.training import train as run
 
     name = experiment.name
-    summary = run(params, experiment, f"data/{name}", f"models/{name}/warmup.ckpt", f"models/{name}/train")
+    summary = run(params, experiment, prepared_data(experiment), f"models/{name}/warmup.ckpt", f"models/{name}/train")
     write_json(f"results/training/{name}.json", summary)
     print(f"{name}: best {summary['selection']} {summary['best_val']:.4f} at epoch {summary['best_epoch']}"
           f" of {summary['epochs']}, {summary['sec_per_epoch']:.2f} s/epoch")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.stages.common import run_stage
+from pipeline.stages.common import prepared_data, run_stage
 
 
 def warm_up(params, experiment) -> None:
     from pipeline.training import warm_up as run
 
-    checkpoint = run(params, experiment, f"data/{experiment.name}", f"models/{experiment.name}/warmup.ckpt")
-    print(f"{experiment.name}: {experiment.warmup} warm-up epoch(s) -> {checkpoint}")
+    checkpoint = run(params, experiment, prepared_data(experiment), f"models/{experiment.name}/warmup.ckpt")
+    print(f"{experiment.name}: {experiment.training.warmup} warm-up epoch(s) -> {checkpoint}")
 
 
 def main(argv=None) -> int:
