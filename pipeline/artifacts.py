@@ -10,14 +10,18 @@ A converged model folder ``models/<experiment>/<best|last>/`` holds:
   ``K_sound`` (from the provable per-layer bounds) and ``rounding_float64`` (per-logit bound on
   the float64 forward pass's rounding error for inputs in [0, 1]), so anyone can certify with
   plain torch: the paper's test with K in float32, or the provable test
-  ``f_j - f_i - eps K_sound_ij > r_i + r_j`` with f in float64.
+  ``f_j - f_i - eps K_sound_ij > r_i + r_j`` with f in float64. It is bound to its model:
+  ``model_pt2_sha256`` is the digest of ``model.pt2``'s bytes and ``weights_sha256`` that of the
+  weights the bounds were computed from; ``load_exported`` refuses a pair that does not match.
 
 Nothing here imports Lightning: a Lightning checkpoint is read with ``torch.load``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -25,9 +29,23 @@ import torch
 from pipeline.config import Experiment
 from pipeline.gloro import GloroNet, build_network
 from pipeline.gloro.bounds import sound_spectral_norm
-from pipeline.io import atomic_open, write_json
+from pipeline.io import MismatchError, atomic_open, file_digest, write_json
 
 SELECTIONS = ("best", "last")  # the validation-selected checkpoint and the last epoch's
+
+
+class ExportError(MismatchError):
+    """A model folder's exported files are missing, unreadable, or do not belong together."""
+
+
+def weights_digest(f: torch.nn.Module) -> str:
+    """sha256 over every parameter's name, dtype, shape and values: which weights the bounds describe."""
+    digest = hashlib.sha256()
+    for name, value in sorted(f.named_parameters()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{list(value.shape)};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_classes: int) -> GloroNet:
@@ -75,6 +93,7 @@ def export_converged(net: GloroNet, experiment: Experiment, info: dict, director
     program = torch.export.export(net.f, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
+    summary |= {"model_pt2_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "weights_sha256": weights_digest(net.f)}
     with atomic_open(directory / "model.pt2") as handle:
         handle.write(buffer.getvalue())
     write_json(directory / "lipschitz.json", summary)
@@ -91,11 +110,46 @@ def load_gloro(directory: str | Path) -> tuple[Experiment, GloroNet, dict]:
     return experiment, net.eval(), saved
 
 
-def load_exported(directory: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The exported network f and its ``lipschitz.json``: all an outsider needs to certify.
+LIPSCHITZ_KEYS = ("eps", "K", "K_sound", "rounding_float64", "input_shape", "num_classes", "model_pt2_sha256",
+                  "weights_sha256")
 
-    Equivalent to ``torch.export.load(dir / "model.pt2").module()`` and ``json.load``.
+
+def load_exported(directory: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The exported network f and its ``lipschitz.json``, checked to belong together: all an
+    outsider needs to certify (``torch.export.load(dir / "model.pt2").module()`` and ``json.load``).
+
+    Raises ``ExportError``, naming the file, when either is missing or unreadable, or when the
+    bounds were not computed for this ``model.pt2`` (a certificate from them would mean nothing).
     """
     directory = Path(directory)
-    f = torch.export.load(directory / "model.pt2").module()
-    return f, json.loads((directory / "lipschitz.json").read_text())
+    program, bounds = directory / "model.pt2", directory / "lipschitz.json"
+    for path in (program, bounds):
+        if not path.is_file():
+            raise ExportError(f"{path}: not found (a model folder holds model.pt2 and lipschitz.json)")
+    try:
+        lipschitz = json.loads(bounds.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{bounds}: not valid JSON ({error})") from None
+    missing = [key for key in LIPSCHITZ_KEYS if not isinstance(lipschitz, dict) or key not in lipschitz]
+    if missing:
+        raise ExportError(f"{bounds}: missing {missing}; re-export the model (dvc repro, stage converge)")
+    m = lipschitz["num_classes"]
+    for key, shape in (("K", (m, m)), ("K_sound", (m, m)), ("rounding_float64", (m,))):
+        if tuple(torch.tensor(lipschitz[key]).shape) != shape:
+            raise ExportError(f"{bounds}: {key} should have shape {list(shape)} for {m} classes")
+    try:
+        with zipfile.ZipFile(program) as archive:  # a damaged archive is refused before torch.export logs it
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise zipfile.BadZipFile(f"bad CRC in {damaged}")
+        f = torch.export.load(program).module()
+    except Exception as error:  # torch.export raises many types for a damaged archive
+        raise ExportError(f"{program}: not a readable torch.export program ({type(error).__name__}: {error})") from None
+    found = file_digest(program)
+    if found != lipschitz["model_pt2_sha256"]:
+        raise ExportError(f"{bounds} belongs to another model than {program} (model.pt2 sha256 recorded "
+                          f"{lipschitz['model_pt2_sha256'][:12]}, found {found[:12]}); certify only with the two "
+                          "files exported together")
+    if weights_digest(f) != lipschitz["weights_sha256"]:
+        raise ExportError(f"{bounds} was computed from other weights than those in {program}")
+    return f, lipschitz

@@ -2,24 +2,37 @@
 
     python -m pipeline.certify --model models/digits_minmax --input X.npz [--eps E] [--bound sound] --out out.csv
 
-``X.npz`` holds ``x`` (float in [0, 1], or uint8 in [0, 255], shaped ``[N, C, H, W]``) and
-optionally ``y``. Uses only the model folder's ``model.pt2`` and ``lipschitz.json``. Writes one
-row per input: predicted class, certified (bool), certified radius, and the label if given.
-A prediction is certified at radius eps when ``f_j(x) > max_{i != j} f_i(x) + eps * K_ji``; with
-the default provable bound, f runs in float64 and the margins are reduced by its rounding bound.
+``X.npz`` holds ``x``, shaped ``[N, C, H, W]`` like the model's input: floats in [0, 1], or uint8
+images in 0..255 (another integer scale: say it with --max-value, e.g. 16 for scikit-learn's
+digits), and optionally ``y``, integer labels. Other array names: --x-key / --y-key (the
+pipeline's own data/<dataset>/<dataset>.npz: --x-key x_test --y-key y_test --max-value from its
+.json). Uses only the model folder's ``model.pt2`` and ``lipschitz.json``, and refuses a pair that
+was not exported together. Writes one row per input: predicted class, certified (bool), certified
+radius, and the label if given. A prediction is certified at radius eps when
+``f_j(x) > max_{i != j} f_i(x) + eps * K_ji``; with the default provable bound, f runs in float64
+and the margins are reduced by its rounding bound.
+
+Every input is checked before any work; a bad one exits 2 with a message saying what was found
+and what is expected, and nothing is written.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.artifacts import load_exported
+from pipeline.artifacts import ExportError, load_exported
 from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
 from pipeline.io import atomic_open
+
+
+class InputError(ValueError):
+    """A command-line input that breaks the contract in the module docstring."""
 
 
 def model_folder(path: Path) -> Path:
@@ -28,55 +41,140 @@ def model_folder(path: Path) -> Path:
         return path
     if (path / "best" / "model.pt2").exists():
         return path / "best"
-    raise FileNotFoundError(f"--model {path}: no model.pt2 in it or in {path / 'best'}; run `dvc repro` first")
+    raise InputError(f"--model {path}: no model.pt2 in it or in {path / 'best'}; run `dvc repro` first")
 
 
-def read_inputs(path: Path, input_shape: list[int]) -> tuple[torch.Tensor, np.ndarray | None]:
-    with np.load(path) as data:
-        if "x" not in data:
-            raise ValueError(f"--input {path}: no array 'x' (found {list(data.keys())})")
-        x, y = data["x"], data["y"] if "y" in data else None
-    x = torch.from_numpy(x.astype(np.float32) / 255 if x.dtype == np.uint8 else x.astype(np.float32))
-    if list(x.shape[1:]) != list(input_shape):
-        raise ValueError(f"--input {path}: x has shape {list(x.shape)}, expected [N, {', '.join(map(str, input_shape))}]")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"got {text}, expected a finite number > 0")
+    return value
+
+
+def read_arrays(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` and (if present) ``y`` from an ``.npz`` archive."""
+    if not path.is_file():
+        raise InputError(f"--input {path}: no such file")
+    if path.suffix == ".npy":
+        raise InputError(f"--input {path}: a .npy array; expected an .npz archive holding '{x_key}' (and optionally "
+                         f"'{y_key}'): numpy.savez('X.npz', {x_key}=numpy.load('{path.name}'))")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise InputError(f"--input {path}: not a readable .npz archive ({type(error).__name__}: {error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"--input {path}: a single .npy array; expected an .npz archive holding '{x_key}'")
+    with archive:
+        keys = list(archive.keys())
+        if x_key not in keys:
+            hint = (" This is a prepared dataset: use --x-key x_test --y-key y_test, with --max-value from its "
+                    ".json (16 for digits, 255 otherwise)." if "x_test" in keys else "")
+            raise InputError(f"--input {path}: no array '{x_key}' (found {keys}).{hint}")
+        try:
+            return archive[x_key], (archive[y_key] if y_key in keys else None)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+            raise InputError(f"--input {path}: array unreadable ({type(error).__name__}: {error})") from None
+
+
+def scaled_inputs(x: np.ndarray, input_shape: list[int], max_value: int | None, where: str) -> torch.Tensor:
+    """``x`` as float32 in [0, 1], after checking its dtype, shape and values."""
+    expected = f"[N, {', '.join(map(str, input_shape))}]"
+    if x.ndim != 4 or list(x.shape[1:]) != list(input_shape):
+        raise InputError(f"{where}: shape {list(x.shape)}, expected {expected}")
+    if len(x) == 0:
+        raise InputError(f"{where}: no inputs (shape {list(x.shape)})")
+    if x.dtype == np.uint8:
+        if max_value is None:
+            if x.max() <= 16:
+                raise InputError(f"{where}: uint8 values only in [{x.min()}, {x.max()}]: as 0..255 images these are "
+                                 "almost black. Pass --max-value with the scale they use (16 for scikit-learn's "
+                                 "digits), or --max-value 255 if they really are 0..255 images")
+            max_value = 255
+        if x.max() > max_value:
+            raise InputError(f"{where}: uint8 values up to {x.max()}, above --max-value {max_value}")
+        return torch.from_numpy(x.astype(np.float32) / max_value)
+    if max_value is not None:
+        raise InputError(f"{where}: --max-value applies to uint8 images, but x is {x.dtype}")
+    if x.dtype.kind != "f":
+        raise InputError(f"{where}: dtype {x.dtype}; expected floats in [0, 1] or uint8 images in 0..255")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise InputError(f"{where}: {len(rows)} input(s) hold NaN or Inf (first: index {rows[0]}); expected finite "
+                         "values in [0, 1]")
     if x.min() < 0 or x.max() > 1:
-        raise ValueError(f"--input {path}: x has values in [{x.min():.3g}, {x.max():.3g}], expected [0, 1]")
-    return x, y
+        raise InputError(f"{where}: values in [{x.min():.4g}, {x.max():.4g}], expected [0, 1]")
+    return torch.from_numpy(x.astype(np.float32))
 
 
-def main(argv=None) -> int:
+def checked_labels(y: np.ndarray | None, n: int, classes: int, where: str) -> np.ndarray | None:
+    if y is None:
+        return None
+    if y.ndim != 1 or len(y) != n:
+        raise InputError(f"{where}: shape {list(y.shape)}, expected [{n}] (one label per input of x)")
+    if y.dtype.kind not in "iu":
+        raise InputError(f"{where}: dtype {y.dtype}, expected integer class labels")
+    if y.min() < 0 or y.max() >= classes:
+        raise InputError(f"{where}: labels in [{y.min()}, {y.max()}], expected [0, {classes - 1}]")
+    return y
+
+
+def checked_output(path: Path) -> Path:
+    """The CSV path: not a folder, inside a folder that exists (nothing is created outside it)."""
+    if path.is_dir():
+        raise InputError(f"--out {path}: a folder; expected a file path such as {path / 'certified.csv'}")
+    if not path.parent.is_dir():
+        raise InputError(f"--out {path}: the folder {path.parent} does not exist; create it first")
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="models/<experiment>, or a folder with model.pt2")
     parser.add_argument("--input", type=Path, required=True, help=".npz with x [N, C, H, W] (and optionally y)")
-    parser.add_argument("--eps", type=float, default=None, help="L2 radius (default: the model's eps)")
+    parser.add_argument("--x-key", default="x", help="name of the inputs in the .npz (default: x)")
+    parser.add_argument("--y-key", default="y", help="name of the optional labels in the .npz (default: y)")
+    parser.add_argument("--max-value", type=_positive_int, default=None,
+                        help="uint8 inputs are divided by this (default 255; 16 for scikit-learn's digits)")
+    parser.add_argument("--eps", type=_positive_float, default=None, help="L2 radius (default: the model's eps)")
     parser.add_argument("--bound", choices=("power", "sound"), default="sound",
                         help="sound (default): provable K, float64 forward pass with its rounding error bounded; "
                              "power: the paper's certificate, K from converged power iteration, float32")
-    parser.add_argument("--out", type=Path, required=True, help="output CSV")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, required=True, help="output CSV (its folder must exist)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1000, help="inputs per forward pass (default 1000)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
-        folder = model_folder(args.model)
-        f, lipschitz = load_exported(folder)
-        x, y = read_inputs(args.input, lipschitz["input_shape"])
-    except (FileNotFoundError, ValueError) as error:
+        out = checked_output(args.out)
+        f, lipschitz = load_exported(model_folder(args.model))
+        x, y = read_arrays(args.input, args.x_key, args.y_key)
+        x = scaled_inputs(x, lipschitz["input_shape"], args.max_value, f"--input {args.input}: {args.x_key}")
+        y = checked_labels(y, len(x), lipschitz["num_classes"], f"--input {args.input}: {args.y_key}")
+    except (InputError, ExportError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     eps = lipschitz["eps"] if args.eps is None else args.eps
-    if not eps > 0:
-        print(f"error: --eps must be > 0, got {eps}", file=sys.stderr)
-        return 1
     if args.bound == "sound":  # provable: float64 forward pass, its rounding bounded, provable K
         cert = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
                                torch.tensor(lipschitz["rounding_float64"]), args.batch_size)
     else:  # the paper's certificate: float32, converged power iteration
         cert = certify_logits(batched_logits(f, x, args.batch_size), torch.tensor(lipschitz["K"]), eps)
-    with atomic_open(args.out, "w") as handle:
+    with atomic_open(out, "w") as handle:
         handle.write("index,prediction,certified,radius" + (",label\n" if y is not None else "\n"))
         for i in range(len(x)):
             row = f"{i},{int(cert.prediction[i])},{bool(cert.certified[i])},{float(cert.radius[i]):.6g}"
             handle.write(row + (f",{int(y[i])}\n" if y is not None else "\n"))
-    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound) -> {args.out}")
+    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound) -> {out}")
     return 0
 
 

@@ -1,12 +1,17 @@
-"""Atomic file output: a reader (or DVC) never sees a half-written file."""
+"""Atomic file output (a reader, or DVC, never sees a half-written file) and file digests."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+
+class MismatchError(RuntimeError):
+    """Files that must belong together do not, or one is unreadable; the message names them and the fix."""
 
 
 @contextmanager
@@ -31,3 +36,12 @@ def write_json(path: str | Path, data) -> None:
     with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: ties a run to its starting checkpoint, an export to its bounds."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

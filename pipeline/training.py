@@ -11,7 +11,6 @@ moved to ``<run folder>/../set_aside/<time>-epoch<k>/`` with a ``why.json``.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -23,17 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pipeline.config import Experiment, Params
 from pipeline.lit.datamodule import ArraysDataModule
 from pipeline.lit.module import GloroModule
-from pipeline.io import write_json
+from pipeline.io import file_digest, write_json
 from pipeline.tracking import lightning_logger
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, to tie a robust run to the warm-up checkpoint it started from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataModule:

@@ -88,7 +88,7 @@ def test_every_stage_writes_its_outputs(workdir):
     assert rows[0] == "index,prediction,certified,radius,label" and len(rows) == len(x) + 1
     assert sum(r.split(",")[2] == "True" for r in rows[1:]) == cert["certified_sound"]
     numpy.savez(workdir / "bad.npz", x=x.numpy()[:, :, :4])
-    assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 1
+    assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 2
 
 
 def _epoch_of(checkpoint: Path) -> int:

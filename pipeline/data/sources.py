@@ -1,6 +1,7 @@
 """The dataset sources by name."""
 from __future__ import annotations
 
+import urllib.error
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +20,22 @@ def _read_original_archive(source: ModuleType, from_dir: Path | None, cache: Pat
     return source.read_archive(Path(from_dir) / source.ARCHIVE)
 
 
+class DownloadError(ConnectionError):
+    """A dataset could not be downloaded; the message names its files and how to use copies on disk."""
+
+
+def _original_files(name: str) -> list[str]:
+    return sorted(mnist.MD5) if name == "mnist" else [{"cifar10": cifar10, "tinyimagenet": tinyimagenet}[name].ARCHIVE]
+
+
+def _download_failed(name: str, error: Exception) -> DownloadError:
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return DownloadError(
+        f"could not download {name} ({', '.join(_original_files(name))}): {reason}. Offline? Copy those files "
+        f"into a folder and name it in params.yaml (dvc exp run -S 'sources.{name}=/path/to/folder' ...), "
+        f"or prepare it by hand: python -m pipeline.stages.prepare {name} --from /path/to/folder")
+
+
 def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("downloads")) -> DatasetArrays:
     """Load dataset ``name`` from the original files in ``from_dir``, or download them into ``cache``.
 
@@ -33,4 +50,11 @@ def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("dow
         raise ValueError(f"unknown dataset {name!r}; expected one of {SOURCES}")
     if from_dir is not None and not Path(from_dir).is_dir():
         raise FileNotFoundError(f"--from {from_dir}: no such directory")
-    return loaders[name](from_dir, Path(cache))
+    try:
+        return loaders[name](from_dir, Path(cache))
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        raise _download_failed(name, error) from None
+    except RuntimeError as error:  # torchvision's MNIST wraps each mirror's failure
+        if str(error).startswith("Error downloading"):
+            raise _download_failed(name, error) from None
+        raise

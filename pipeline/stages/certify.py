@@ -16,7 +16,7 @@ import sys
 import torch
 import wandb
 
-from pipeline.artifacts import SELECTIONS, load_exported, load_gloro
+from pipeline.artifacts import SELECTIONS, ExportError, load_exported, load_gloro, weights_digest
 from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
 from pipeline.io import atomic_open, write_json
@@ -28,6 +28,8 @@ from pipeline.tracking import start_run
 def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor, eps: float) -> int:
     """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's."""
     _, net, _ = load_gloro(directory)
+    if weights_digest(net.f) != lipschitz["weights_sha256"]:
+        raise ExportError(f"{directory}/gloro.pt holds other weights than those {directory}/lipschitz.json describes")
     power = certify_logits(batched_logits(f, x), torch.tensor(lipschitz["K"]), eps).certified
     sound = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
                             torch.tensor(lipschitz["rounding_float64"])).certified

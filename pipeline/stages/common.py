@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import ConfigError, Experiment, Params, load_params
+from pipeline.io import MismatchError
 
 
 def experiment_parser(doc: str) -> argparse.ArgumentParser:
@@ -31,12 +32,12 @@ def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=N
         return 2
     try:
         return body(params, experiment) or 0
-    except StaleInputError as error:
+    except MismatchError as error:  # stale data, a mismatched export: say which files
         print(f"error: {error}", file=sys.stderr)
         return 1
 
 
-class StaleInputError(RuntimeError):
+class StaleInputError(MismatchError):
     """A stage's input no longer matches params.yaml (changed behind DVC's back): run ``dvc repro``."""
 
 

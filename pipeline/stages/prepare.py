@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_params
-from pipeline.data.sources import SOURCES, load_source
+from pipeline.data import SOURCES
+from pipeline.data.sources import DownloadError, load_source
 from pipeline.data.verify import DataIntegrityError
 
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataIntegrityError, FileNotFoundError) as error:
+    except (DataIntegrityError, FileNotFoundError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     npz, meta = arrays.save(args.out or Path("data") / dataset, dataset)
