@@ -114,7 +114,7 @@ class GreedySearch:
         if step == "epochs":
             self.fewer_epochs(study, current, result)
         scored = [(value, vra) for value, vra, _ in result.tried if vra is not None]
-        result.chosen = choose(step, scored, self.tie) if scored else getattr(current, step)
+        result.chosen = choose(step, scored, self.tie) if scored else str(current.value(step))
         if not scored:
             result.note = "every trial failed; kept the previous value"
         return result

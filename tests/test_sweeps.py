@@ -171,3 +171,14 @@ def test_miniature_real_search_on_digits(tmp_path, monkeypatch):
     assert len(trials) == 3 and all(0 <= t.value <= 1 for t in trials if t.value is not None)
     assert all(len(t.intermediate_values) >= 1 for t in trials), "per-epoch VRA reported for pruning"
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) >= 4
+
+
+def test_a_step_whose_trials_all_fail_keeps_the_current_value():
+    def crashing(e, trial, label):
+        raise RuntimeError("diverged")
+
+    search = GreedySearch(digits_minmax(), crashing, optuna.storages.InMemoryStorage(), Budget(0.01),
+                          steps=("init", "power_iterations"))
+    results = search.run()
+    assert [(r.chosen, r.note) for r in results] == [("orthogonal", "every trial failed; kept the previous value"),
+                                                    ("5", "every trial failed; kept the previous value")]
