@@ -8,7 +8,9 @@ decay, warm-up, initialisation, # power iterations, minibatch size), each an Opt
 trials train the experiment with one candidate changed and report VRA on the validation split;
 the winner carries to the next step. Trials live in the storage (SQLite file by default), so an
 interrupted search resumes without redoing finished trials, and several workers started with the
-same storage share the trials. Hopeless trials are pruned from per-epoch validation VRA. Writes
+same storage share the trials: each candidate is claimed by one worker, and a dead worker's
+candidate goes back to the others (``sweeps.claims``). Workers on one machine share its cores.
+Hopeless trials are pruned from per-epoch validation VRA. Writes
 ``results/search_<experiment>.{md,csv}``: every value tried with its VRA, the chosen value and
 the paper's.
 """
@@ -25,12 +27,15 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from pipeline.config import ConfigError, Experiment, Params, load_params
+from sweeps import claims
 from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, resolve
 
 Objective = Callable[[Experiment, optuna.Trial, str], float]
-DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+HOPELESS_VRA = 0.005  # a trial still below this validation VRA halfway through is pruned
 
 
 @dataclass
@@ -43,31 +48,6 @@ class StepResult:
 
 class TrialCapReached(Exception):
     """The budget's trial cap is spent; the search stops where it is."""
-
-
-def open_storage(url: str):
-    """An Optuna storage from a URL: ``sqlite:///file.db``, ``postgresql://...``, or ``journal:file.log``."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(url)
-
-
-def _alive(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the worker running ``trial`` may still be alive (a dead one's trial is run again)."""
-    host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
-    if host != socket.gethostname() or pid is None:
-        return True  # another machine's worker: trust it
-    if pid == os.getpid():
-        return False  # this process runs one trial at a time and is not running this one: interrupted
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class GreedySearch:
@@ -84,7 +64,9 @@ class GreedySearch:
         self.trials_run = 0
 
     def study(self, step: str) -> optuna.Study:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, self.start.training.epochs // 2))
+        # A rule that looks at the trial alone (not at which trials other workers happened to finish
+        # first), so the outputs do not depend on how many workers ran the search.
+        pruner = optuna.pruners.ThresholdPruner(lower=HOPELESS_VRA, n_warmup_steps=max(1, self.start.training.epochs // 2))
         return optuna.create_study(study_name=f"{self.name}/{step}", storage=self.storage, direction="maximize",
                                    pruner=pruner, load_if_exists=True)
 
@@ -130,7 +112,8 @@ class GreedySearch:
                     return
                 previous = vra if vra is not None else previous
             return
-        pending = list(candidates)
+        start = os.getpid() % len(candidates) if candidates else 0  # workers begin at different candidates
+        pending = list(candidates[start:]) + list(candidates[:start])
         while pending:
             waiting = []
             for value in pending:
@@ -173,48 +156,66 @@ class GreedySearch:
 
     def evaluate(self, study: optuna.Study, step: str, current: Experiment, value: str, result: StepResult,
                  wait: bool = True):
-        """VRA of ``current`` with ``step = value``: from a finished trial if there is one, else run it now.
+        """VRA of ``current`` with ``step = value``: from a finished trial if there is one, else claim
+        the candidate and train it here (``sweeps.claims``).
 
         Returns None for a failed (crashed) trial, or ``_BUSY`` if another worker is running it
         and ``wait`` is false.
         """
         label = resolve(value, current)
         while True:
-            mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("candidate") == label]
+            claims.fail_dead_workers(self.storage, study)
+            mine = claims.trials_of(study, label)
             done = [t for t in mine if t.state in DONE]
             if done:
+                self._drop_duplicates(study, mine, done[0])
                 return self._record(result, label, done[0])
-            if any(t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs for t in mine):
-                failed = next(t for t in mine if "error" in t.user_attrs)
-                return self._record(result, label, failed)
-            running = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
-            for stale in (t for t in running if not _alive(t)):
-                study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
-            if not any(_alive(t) for t in running):
-                break
+            crashed = [t for t in mine if t.state == TrialState.FAIL and "error" in t.user_attrs]
+            if crashed:
+                return self._record(result, label, crashed[0])
+            first = claims.first_live(mine)
+            if first is None:
+                if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
+                    raise TrialCapReached()
+                claims.enqueue(study, label, step)
+                continue
+            if first.state == TrialState.WAITING:
+                if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
+                    raise TrialCapReached()
+                trial = claims.claim(self.storage, study, first)
+                if trial is not None:
+                    return self._run(study, step, current, value, label, trial, result)
+                continue  # another worker claimed it first
             if not wait:
                 return _BUSY
             time.sleep(self.poll_seconds)
-        if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
-            raise TrialCapReached()
+
+    def _run(self, study, step, current, value, label, trial: optuna.Trial, result: StepResult) -> float | None:
         self.trials_run += 1
-        trial = study.ask()
-        for key, attr in (("candidate", label), ("step", step), ("host", socket.gethostname()), ("pid", os.getpid())):
-            trial.set_user_attr(key, attr)
         experiment = apply(current, step, value)
         try:
-            vra = self.objective(experiment, trial, f"{step}={label}")
+            with claims.heartbeats(self.storage, study, trial):
+                vra = self.objective(experiment, trial, f"{step}={label}")
         except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED)
         except (KeyboardInterrupt, SystemExit):
-            raise  # left RUNNING: a later run sees its worker is gone and runs it again
+            claims.give_back(self.storage, study, trial)  # the candidate goes back to the queue
+            raise
         except Exception as error:  # a crashing trial is recorded as failed; the search goes on
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             print(f"trial {step}={label} failed: {error}", file=sys.stderr)
         else:
             study.tell(trial, vra)
-        return self._record(result, label, study._storage.get_trial(trial._trial_id))
+        return self._record(result, label, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+
+    def _drop_duplicates(self, study, trials: list[optuna.trial.FrozenTrial], done: optuna.trial.FrozenTrial) -> None:
+        """Fail the extra WAITING copies left when two workers enqueued one candidate at once."""
+        for extra in (t for t in trials if t.state == TrialState.WAITING):
+            trial = claims.claim(self.storage, study, extra)
+            if trial is not None:
+                trial.set_user_attr("duplicate_of", done.number)
+                study.tell(trial, state=TrialState.FAIL)
 
     @staticmethod
     def _record(result: StepResult, label: str, trial: optuna.trial.FrozenTrial) -> float | None:
@@ -230,7 +231,30 @@ class GreedySearch:
 _BUSY = object()
 
 
-def training_objective(params: Params, data_dir: Path, work_dir: Path, group: str) -> Objective:
+WORKERS = Path(tempfile.gettempdir()) / "gloro-repro-search-workers"  # this machine's live workers
+
+
+def share_cores(threads: int | None = 1, registry: Path = WORKERS) -> int:
+    """Set torch's threads: ``threads``, or (None) this worker's share of the machine's cores, the
+    cores divided among the live search workers registered here (re-counted at every trial).
+    Threads that oversubscribe the cores slow every worker down; a fixed count also keeps a trial's
+    numbers the same whatever else runs (CPU kernels sum in an order that depends on threads)."""
+    import torch
+
+    if threads is None:
+        registry.mkdir(parents=True, exist_ok=True)
+        (registry / str(os.getpid())).touch()
+        live = [p for p in registry.iterdir() if p.name.isdigit() and (int(p.name) == os.getpid()
+                                                                        or claims.process_alive(int(p.name)))]
+        for gone in set(registry.iterdir()) - set(live):
+            gone.unlink(missing_ok=True)
+        threads = max(1, (os.cpu_count() or 1) // len(live))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def training_objective(params: Params, data_dir: Path, work_dir: Path, group: str,
+                       threads: int | None = 1) -> Objective:
     """Train with the pipeline's Lightning code (warm-up, then robust training) and return the best
     validation VRA; the Optuna pruning callback stops hopeless trials from per-epoch VRA."""
     from optuna_integration import PyTorchLightningPruningCallback
@@ -238,6 +262,7 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
     from pipeline.training import train, warm_up
 
     def objective(experiment: Experiment, trial: optuna.Trial, label: str) -> float:
+        trial.set_user_attr("torch_threads", share_cores(threads))
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val/vra")
@@ -246,6 +271,12 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
         return summary["best_val"]
 
     return objective
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def prepare_data(experiment: Experiment, params: Params) -> Path:
@@ -275,12 +306,26 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", default=",".join(ORDER),
                         help=f"comma-separated subset of the steps, searched in the paper's order (default: all: {','.join(ORDER)})")
     parser.add_argument("--results", type=Path, default=Path("results"), help="where search_<experiment>.{md,csv} go")
+    parser.add_argument("--threads", default="1",
+                        help="torch threads per trial (default 1: run one worker per core, and every trial computes "
+                             "the same numbers however many workers run); 'auto': the machine's cores divided among "
+                             "the search workers running on it, re-counted every trial")
+    parser.add_argument("--heartbeat", type=int, default=claims.HEARTBEAT_SECONDS,
+                        help=f"RDB storages: seconds between a running trial's heartbeats (default {claims.HEARTBEAT_SECONDS})")
+    parser.add_argument("--grace", type=int, default=claims.GRACE_SECONDS,
+                        help="RDB storages: a trial whose heartbeat is older than this many seconds belongs to a dead "
+                             f"worker and is given to another (default {claims.GRACE_SECONDS})")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
         if not experiment.robust:
             raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo hyperparameters to search")
+        threads = None if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else 0
+        if threads == 0:
+            raise ConfigError(f"--threads: got {args.threads!r}, expected an integer >= 1 or 'auto'")
+        if not 0 < args.heartbeat < args.grace:
+            raise ConfigError(f"--heartbeat {args.heartbeat} and --grace {args.grace}: expected 0 < heartbeat < grace")
         if not args.epoch_scale > 0:
             raise ConfigError(f"--epoch-scale: got {args.epoch_scale}, expected a number > 0")
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
@@ -292,12 +337,21 @@ def main(argv=None) -> int:
         return 2
     from sweeps.report import write_report
 
-    work_dir = Path("sweeps/work") / experiment.name
+    work_dir = Path("sweeps/work") / experiment.name  # also holds the default SQLite file's folder
     work_dir.mkdir(parents=True, exist_ok=True)
+    url = args.storage or f"sqlite:///sweeps/{experiment.name}.db"
+    try:
+        storage = claims.open_storage(url, args.heartbeat, args.grace)
+    except Exception as error:  # SQLAlchemy and the drivers raise many kinds for a bad URL or a down server
+        print(f"error: --storage {url}: cannot open it ({type(error).__name__}: {str(error).splitlines()[0]})",
+              file=sys.stderr)
+        return 2
     data_dir = prepare_data(experiment, params)
-    storage = open_storage(args.storage or f"sqlite:///sweeps/{experiment.name}.db")
     group = f"search-{experiment.name}"
-    search = GreedySearch(experiment, training_objective(params, data_dir, work_dir, group), storage,
+    device = "cuda:0 (give each worker its own GPU with CUDA_VISIBLE_DEVICES)" if _cuda() else "CPU"
+    print(f"search worker {socket.gethostname()}:{os.getpid()}: {device}, torch threads "
+          f"{share_cores(threads)} {'(re-counted every trial)' if threads is None else 'per trial'}")
+    search = GreedySearch(experiment, training_objective(params, data_dir, work_dir, group, threads), storage,
                           Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
     started = time.perf_counter()
     results = search.run()

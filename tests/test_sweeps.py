@@ -12,11 +12,22 @@ import yaml
 
 from pipeline.config import load_params
 from sweeps import greedy
-from sweeps.greedy import GreedySearch, open_storage
+from sweeps.claims import open_storage
+from sweeps.greedy import GreedySearch
 from sweeps.steps import ORDER, Budget, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """A search worker sets torch's threads for its process; the rest of the suite keeps its own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def digits_minmax():
@@ -112,7 +123,8 @@ sys.path.insert(0, {root!r})
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 from pipeline.config import load_params
-from sweeps.greedy import GreedySearch, open_storage
+from sweeps.claims import open_storage
+from sweeps.greedy import GreedySearch
 from sweeps.steps import Budget
 experiment = load_params({params!r}).experiment("digits_minmax")
 def objective(e, trial, label):
@@ -182,3 +194,29 @@ def test_a_step_whose_trials_all_fail_keeps_the_current_value():
     results = search.run()
     assert [(r.chosen, r.note) for r in results] == [("orthogonal", "every trial failed; kept the previous value"),
                                                     ("5", "every trial failed; kept the previous value")]
+
+
+def test_workers_on_one_machine_share_its_cores(tmp_path):
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(other.pid)).touch()
+        (tmp_path / "999999999").touch()  # a worker that died: not counted, and forgotten
+        assert greedy.share_cores(None, tmp_path) == max(1, cores // 2) == torch.get_num_threads()
+        assert not (tmp_path / "999999999").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert greedy.share_cores(None, tmp_path) == cores
+    assert greedy.share_cores(1, tmp_path) == 1 == torch.get_num_threads()
+
+
+def test_bad_threads_and_heartbeats_are_refused(capsys):
+    assert greedy.main(["--experiment", "digits_minmax", "--threads", "many"]) == 2
+    assert "--threads: got 'many', expected an integer >= 1 or 'auto'" in capsys.readouterr().err
+    assert greedy.main(["--experiment", "digits_minmax", "--heartbeat", "60", "--grace", "10"]) == 2
+    assert "expected 0 < heartbeat < grace" in capsys.readouterr().err

@@ -1,0 +1,29 @@
+# A throwaway PostgreSQL server for the search tests, in its own data directory, on a unix socket
+# only (no TCP port). Source this file, then `pg_start`; `pg_stop` stops it and deletes its data.
+# Installs Debian's server package when it is missing (needs root, as in CI). pg_start exports
+# GLORO_TEST_POSTGRES, the URL the tests use.
+
+pg_as_owner() {  # initdb and the server refuse to run as root
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_start() {
+    if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    PG_DIR=$(mktemp -d /tmp/gloro-postgres.XXXXXX)
+    if [ "$(id -u)" = 0 ]; then chown postgres "$PG_DIR"; fi
+    pg_as_owner "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >/dev/null
+    pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+        -o "-k $PG_DIR -c listen_addresses='' -c max_connections=200" start >/dev/null
+    export GLORO_TEST_POSTGRES="postgresql://postgres@/postgres?host=$PG_DIR"
+    echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') running in $PG_DIR (unix socket)"
+}
+
+pg_stop() {
+    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
+        pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+    fi
+}
