@@ -3,6 +3,8 @@
 # Installs Debian's server package when it is missing (needs root, as in CI). pg_start exports
 # GLORO_TEST_POSTGRES, the URL the tests use.
 
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac  # runuser
+
 pg_as_owner() {  # initdb and the server refuse to run as root
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
