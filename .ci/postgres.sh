@@ -24,8 +24,10 @@ pg_start() {
 }
 
 pg_stop() {
-    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ]; then
-        pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    if [ -n "${PG_DIR:-}" ]; then
+        if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+            pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        fi
         rm -rf "$PG_DIR"
     fi
 }
