@@ -175,13 +175,11 @@ class GreedySearch:
                 return self._record(result, label, crashed[0])
             first = claims.first_live(mine)
             if first is None:
-                if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
-                    raise TrialCapReached()
+                self._check_cap()
                 claims.enqueue(study, label, step)
                 continue
             if first.state == TrialState.WAITING:
-                if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
-                    raise TrialCapReached()
+                self._check_cap()
                 trial = claims.claim(self.storage, study, first)
                 if trial is not None:
                     return self._run(study, step, current, value, label, trial, result)
@@ -189,6 +187,10 @@ class GreedySearch:
             if not wait:
                 return _BUSY
             time.sleep(self.poll_seconds)
+
+    def _check_cap(self) -> None:
+        if self.budget.max_trials is not None and self.trials_run >= self.budget.max_trials:
+            raise TrialCapReached()
 
     def _run(self, study, step, current, value, label, trial: optuna.Trial, result: StepResult) -> float | None:
         self.trials_run += 1
@@ -207,7 +209,8 @@ class GreedySearch:
             print(f"trial {step}={label} failed: {error}", file=sys.stderr)
         else:
             study.tell(trial, vra)
-        return self._record(result, label, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
+        finished = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        return self._record(result, label, finished)
 
     def _drop_duplicates(self, study, trials: list[optuna.trial.FrozenTrial], done: optuna.trial.FrozenTrial) -> None:
         """Fail the extra WAITING copies left when two workers enqueued one candidate at once."""
