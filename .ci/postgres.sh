@@ -11,7 +11,13 @@ pg_as_owner() {  # initdb and the server refuse to run as root
 
 pg_start() {
     if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+        # the package's own cluster may fail to start where there is no init system; its binaries are what we need
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } ||
+            echo "apt-get reported an error installing postgresql; going on if its binaries are there" >&2
+        if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+            echo "error: no PostgreSQL server binaries under /usr/lib/postgresql/*/bin" >&2
+            return 1
+        fi
     fi
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
     PG_DIR=$(mktemp -d /tmp/gloro-postgres.XXXXXX)
