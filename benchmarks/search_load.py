@@ -34,8 +34,9 @@ def controlled(sleep: float):
     def objective(e, trial, label):
         time.sleep(sleep)
         lam = float(e.value("loss")) if "," not in e.value("loss") else 0.0
-        return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2) - 0.05 * abs(e.value("epochs") - 3)
-                + 0.05 * (e.value("lr_decay") == "5e-07") + 0.05 * (e.value("warmup") == 0)
+        return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2)
+                - 0.05 * abs(e.value("epochs") - 3) + 0.05 * (e.value("lr_decay") == "5e-07")
+                + 0.05 * (e.value("warmup") == 0)
                 + 0.05 * (e.value("init") == "orthogonal") + 0.05 * (e.value("power_iterations") == 5)
                 + 0.05 * (e.value("batch_size") == 256))
     return objective
@@ -59,18 +60,24 @@ def worker_command(url: str, name: str, sleep: float, heartbeat: int = 1, grace:
             "--sleep", str(sleep), "--heartbeat", str(heartbeat), "--grace", str(grace)]
 
 
-def tally(url: str, name: str) -> dict:
-    """Per candidate of every step study: how many trials completed (1 each is the goal)."""
+def search_trials(url: str, name: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+    """Every trial of the search ``name``, with the name of its step's study."""
     from sweeps.claims import open_storage
 
     storage = open_storage(url, 1, 3)
+    return [(study_name, trial) for study_name in optuna.get_all_study_names(storage)
+            if study_name.startswith(f"{name}/")
+            for trial in optuna.load_study(study_name=study_name, storage=storage).get_trials()]
+
+
+def tally(url: str, name: str) -> dict:
+    """Per candidate of every step study: how many trials completed (1 each is the goal)."""
     complete, states, seen = Counter(), Counter(), set()
-    for study_name in (n for n in optuna.get_all_study_names(storage) if n.startswith(f"{name}/")):
-        for trial in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False):
-            states[trial.state.name] += 1
-            seen.add((study_name, trial.user_attrs["candidate"]))
-            if trial.state == optuna.trial.TrialState.COMPLETE:
-                complete[(study_name, trial.user_attrs["candidate"])] += 1
+    for study_name, trial in search_trials(url, name):
+        states[trial.state.name] += 1
+        seen.add((study_name, trial.user_attrs["candidate"]))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            complete[(study_name, trial.user_attrs["candidate"])] += 1
     return {"candidates": len(seen), "completed": sum(complete.values()),
             "duplicated": sum(n - 1 for n in complete.values() if n > 1),
             "lost": len(seen - set(complete)), "states": dict(states)}

@@ -29,7 +29,7 @@ import torch
 from pipeline.config import Experiment
 from pipeline.gloro import GloroNet, build_network
 from pipeline.gloro.bounds import sound_spectral_norm
-from pipeline.io import MismatchError, atomic_open, file_digest, write_json
+from pipeline.io import MismatchError, atomic_open, content_digest, file_digest, write_json
 
 SELECTIONS = ("best", "last")  # the validation-selected checkpoint and the last epoch's
 
@@ -39,13 +39,8 @@ class ExportError(MismatchError):
 
 
 def weights_digest(f: torch.nn.Module) -> str:
-    """sha256 over every parameter's name, dtype, shape and values: which weights the bounds describe."""
-    digest = hashlib.sha256()
-    for name, value in sorted(f.named_parameters()):
-        value = value.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{list(value.shape)};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
+    """Digest of every parameter, by name: which weights the bounds describe."""
+    return content_digest({name: value.detach().cpu().numpy() for name, value in sorted(f.named_parameters())})
 
 
 def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_classes: int) -> GloroNet:
@@ -93,7 +88,8 @@ def export_converged(net: GloroNet, experiment: Experiment, info: dict, director
     program = torch.export.export(net.f, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    summary |= {"model_pt2_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "weights_sha256": weights_digest(net.f)}
+    summary |= {"model_pt2_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+                "weights_sha256": weights_digest(net.f)}
     with atomic_open(directory / "model.pt2") as handle:
         handle.write(buffer.getvalue())
     write_json(directory / "lipschitz.json", summary)
@@ -108,6 +104,16 @@ def load_gloro(directory: str | Path) -> tuple[Experiment, GloroNet, dict]:
     net = build_gloro(experiment, saved["input_shape"], saved["num_classes"])
     net.load_state_dict(state)
     return experiment, net.eval(), saved
+
+
+def _archive_damage(path: Path) -> str | None:
+    """Why ``path`` is not an intact zip archive (the .pt2 container), or None if it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None if damaged is None else f"bad CRC in {damaged}"
 
 
 LIPSCHITZ_KEYS = ("eps", "K", "K_sound", "rounding_float64", "input_shape", "num_classes", "model_pt2_sha256",
@@ -137,19 +143,17 @@ def load_exported(directory: str | Path) -> tuple[torch.nn.Module, dict]:
     for key, shape in (("K", (m, m)), ("K_sound", (m, m)), ("rounding_float64", (m,))):
         if tuple(torch.tensor(lipschitz[key]).shape) != shape:
             raise ExportError(f"{bounds}: {key} should have shape {list(shape)} for {m} classes")
-    try:
-        with zipfile.ZipFile(program) as archive:  # a damaged archive is refused before torch.export logs it
-            damaged = archive.testzip()
-        if damaged is not None:
-            raise zipfile.BadZipFile(f"bad CRC in {damaged}")
-        f = torch.export.load(program).module()
-    except Exception as error:  # torch.export raises many types for a damaged archive
-        raise ExportError(f"{program}: not a readable torch.export program ({type(error).__name__}: {error})") from None
     found = file_digest(program)
     if found != lipschitz["model_pt2_sha256"]:
-        raise ExportError(f"{bounds} belongs to another model than {program} (model.pt2 sha256 recorded "
+        damage = _archive_damage(program)
+        raise ExportError(f"{program}: not a readable torch.export program ({damage})" if damage else
+                          f"{bounds} belongs to another model than {program} (model.pt2 sha256 recorded "
                           f"{lipschitz['model_pt2_sha256'][:12]}, found {found[:12]}); certify only with the two "
                           "files exported together")
+    try:
+        f = torch.export.load(program).module()  # the very bytes that were exported
+    except Exception as error:  # e.g. a torch too old for the archive
+        raise ExportError(f"{program}: not a readable torch.export program ({type(error).__name__}: {error})") from None
     if weights_digest(f) != lipschitz["weights_sha256"]:
         raise ExportError(f"{bounds} was computed from other weights than those in {program}")
     return f, lipschitz

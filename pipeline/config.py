@@ -165,19 +165,22 @@ class Experiment:
             lam=LambdaSchedule.parse(t.loss if self.trades else 0),
             lr=LRSchedule.parse(t.lr_decay, t.init_lr, t.epochs))
 
+    def _group_of(self, key: str) -> str | None:
+        """The group holding the column ``key``, or None for a key of the experiment itself."""
+        return next((g for g in GROUPS if key in {f.name for f in dataclasses.fields(getattr(self, g))}), None)
+
     def value(self, key: str):
         """A key by its paper column name, whichever group holds it (``epochs``, ``eps_test``, ...)."""
-        for group in (*GROUPS, None):
-            holder = getattr(self, group) if group else self
-            if key in {f.name for f in dataclasses.fields(holder)}:
-                return getattr(holder, key)
-        raise KeyError(f"no key {key!r} in experiment {self.name}")
+        group = self._group_of(key)
+        if group is None and key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(f"no key {key!r} in experiment {self.name}")
+        return getattr(getattr(self, group) if group else self, key)
 
     def with_values(self, **changes) -> Experiment:
         """A copy with keys replaced by their column names, each in its group, validated again."""
         grouped: dict = {}
         for key, value in changes.items():
-            group = next((g for g in GROUPS if key in {f.name for f in dataclasses.fields(getattr(self, g))}), None)
+            group = self._group_of(key)
             if group is None:
                 grouped[key] = value
             else:
@@ -304,7 +307,8 @@ def parse_params(data: dict) -> Params:
         raise ConfigError(f"params: expected a mapping at the top level, got {type(data).__name__}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(Params)})
     if unknown:
-        raise ConfigError(f"params: unknown top-level key(s) {unknown}; expected run, datasets, experiments, wandb, sources")
+        raise ConfigError(f"params: unknown top-level key(s) {unknown}; "
+                          "expected run, datasets, experiments, wandb, sources")
     for key in ("run", "datasets", "experiments"):
         if key not in data:
             raise ConfigError(f"params: missing top-level key {key!r}")

@@ -7,7 +7,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Mapping
+
+import numpy as np
 
 
 class MismatchError(RuntimeError):
@@ -44,4 +46,15 @@ def file_digest(path: str | Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def content_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and values, in the mapping's order: what the
+    arrays hold, whatever bytes a file format wraps them in."""
+    digest = hashlib.sha256()
+    for key, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        digest.update(f"{key}:{array.dtype.str}:{list(array.shape)};".encode())
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()

@@ -66,7 +66,8 @@ class GreedySearch:
     def study(self, step: str) -> optuna.Study:
         # A rule that looks at the trial alone (not at which trials other workers happened to finish
         # first), so the outputs do not depend on how many workers ran the search.
-        pruner = optuna.pruners.ThresholdPruner(lower=HOPELESS_VRA, n_warmup_steps=max(1, self.start.training.epochs // 2))
+        pruner = optuna.pruners.ThresholdPruner(lower=HOPELESS_VRA,
+                                                n_warmup_steps=max(1, self.start.training.epochs // 2))
         return optuna.create_study(study_name=f"{self.name}/{step}", storage=self.storage, direction="maximize",
                                    pruner=pruner, load_if_exists=True)
 
@@ -74,7 +75,8 @@ class GreedySearch:
         current, results = self.start, []
         for step in self.steps:
             if step == "loss" and not current.trades:
-                results.append(StepResult(step, chosen=current.training.loss, note="not searched: the row trains with CE"))
+                results.append(StepResult(step, chosen=current.training.loss,
+                                          note="not searched: the row trains with CE"))
                 continue
             try:
                 result = self.search_step(step, current)
@@ -284,10 +286,11 @@ def _cuda() -> bool:
 
 def prepare_data(experiment: Experiment, params: Params) -> Path:
     """The experiment's dataset in the pipeline's shared ``data/<dataset>/``, prepared there if missing."""
+    from pipeline.data.arrays import prepared_folder
     from pipeline.data.sources import load_source
 
     dataset = experiment.data.dataset
-    data_dir = Path("data") / dataset
+    data_dir = prepared_folder(dataset)
     if not (data_dir / f"{dataset}.json").exists():
         from_dir = params.sources.get(dataset)
         load_source(dataset, from_dir and Path(from_dir)).save(data_dir, dataset)
@@ -314,7 +317,8 @@ def main(argv=None) -> int:
                              "the same numbers however many workers run); 'auto': the machine's cores divided among "
                              "the search workers running on it, re-counted every trial")
     parser.add_argument("--heartbeat", type=int, default=claims.HEARTBEAT_SECONDS,
-                        help=f"RDB storages: seconds between a running trial's heartbeats (default {claims.HEARTBEAT_SECONDS})")
+                        help="RDB storages: seconds between a running trial's heartbeats "
+                             f"(default {claims.HEARTBEAT_SECONDS})")
     parser.add_argument("--grace", type=int, default=claims.GRACE_SECONDS,
                         help="RDB storages: a trial whose heartbeat is older than this many seconds belongs to a dead "
                              f"worker and is given to another (default {claims.GRACE_SECONDS})")

@@ -31,8 +31,9 @@ def search_table(experiment: Experiment, results) -> pd.DataFrame:
 
 def write_report(experiment: Experiment, results, out: Path, budget: Budget, seconds: float, trials: int) -> None:
     notes = (f"Greedy search in the paper's order; objective: best VRA on the validation split. Epoch counts "
-             f"scaled by {budget.epoch_scale} (the search trains {budget.epochs(experiment.training.epochs)} epochs where "
-             f"params.yaml says {experiment.training.epochs}); trial cap: {budget.max_trials}. Wall time of the last run: "
+             f"scaled by {budget.epoch_scale} (the search trains {budget.epochs(experiment.training.epochs)} epochs "
+             f"where params.yaml says {experiment.training.epochs}); trial cap: {budget.max_trials}. "
+             "Wall time of the last run: "
              f"{seconds:.0f} s for {trials} new trial(s). `{{epochs}}` in a ramp is the epoch count of the run.")
     write_table(search_table(experiment, results), Path(out), f"search_{experiment.name}",
                 f"Greedy hyperparameter search: {experiment.name}", notes)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from benchmarks.search_load import EXPECTED, controlled, tally, worker_command
+from benchmarks.search_load import EXPECTED, controlled, search_trials, tally, worker_command
 from sweeps.claims import open_storage
 
 URL = os.environ.get("GLORO_TEST_POSTGRES")
@@ -40,12 +40,6 @@ def fresh_database() -> str:
     return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
 
 
-def _trials(name: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    storage = open_storage(URL, 1, 3)
-    return [(study_name, trial) for study_name in optuna.get_all_study_names(storage) if study_name.startswith(f"{name}/")
-            for trial in optuna.load_study(study_name=study_name, storage=storage).get_trials()]
-
-
 @pytest.fixture(scope="module")
 def killed_search():
     """Three workers on one controlled search; the first is killed with SIGKILL in the middle of a trial."""
@@ -55,7 +49,7 @@ def killed_search():
     victim, killed = workers[0], None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline:
-        running = [t for _, t in _trials(name) if t.state == optuna.trial.TrialState.RUNNING
+        running = [t for _, t in search_trials(URL, name) if t.state == optuna.trial.TrialState.RUNNING
                    and t.user_attrs.get("pid") == victim.pid]
         if running:
             os.kill(victim.pid, signal.SIGKILL)
@@ -70,7 +64,7 @@ def killed_search():
 
 def test_a_killed_workers_candidate_is_retried_and_every_candidate_completes_once(killed_search, report):
     name, killed, outputs = killed_search
-    trials = _trials(name)
+    trials = search_trials(URL, name)
     complete = Counter((study, t.user_attrs["candidate"]) for study, t in trials
                        if t.state == optuna.trial.TrialState.COMPLETE)
     assert complete and set(complete.values()) == {1}, "every candidate completes exactly once"

@@ -9,26 +9,20 @@ Layout of ``<name>.npz``:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_open, write_json
+from ..io import atomic_open, content_digest, write_json
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over every array's name, dtype, shape and bytes: the content, whatever the file's bytes."""
-    digest = hashlib.sha256()
-    for key in KEYS:
-        array = np.ascontiguousarray(arrays[key])
-        digest.update(f"{key}:{array.dtype.str}:{list(array.shape)};".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+def prepared_folder(dataset: str) -> Path:
+    """``data/<dataset>``: where the pipeline prepares a dataset once for every experiment using it."""
+    return Path("data") / dataset
 
 
 @dataclass
@@ -67,7 +61,8 @@ class DatasetArrays:
         arrays = {k: getattr(self, k) for k in KEYS}
         with atomic_open(npz) as handle:
             np.savez(handle, **arrays)
-        write_json(meta, {**self.metadata, **self.describe(), "dataset": name, "arrays_sha256": arrays_digest(arrays)})
+        write_json(meta, {**self.metadata, **self.describe(), "dataset": name,
+                          "arrays_sha256": content_digest(arrays)})
         return npz, meta
 
     @classmethod

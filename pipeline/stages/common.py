@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import ConfigError, Experiment, Params, load_params
+from pipeline.data.arrays import prepared_folder
 from pipeline.io import MismatchError
 
 
@@ -46,6 +47,12 @@ def dataset_record(experiment: Experiment) -> Path:
     return Path("models") / experiment.name / "dataset.json"
 
 
+def prepared_digest(dataset: str) -> str | None:
+    """The ``arrays_sha256`` that ``data/<dataset>/<dataset>.json`` records, or None if not prepared."""
+    meta = prepared_folder(dataset) / f"{dataset}.json"
+    return json.loads(meta.read_text()).get("arrays_sha256") if meta.exists() else None
+
+
 def prepared_data(experiment: Experiment) -> Path:
     """``data/<dataset>``, checked to hold the arrays that ``dataset_record`` names.
 
@@ -53,10 +60,9 @@ def prepared_data(experiment: Experiment) -> Path:
     folder, so preparing another dataset re-runs nothing of this experiment; this check makes sure
     the folder was not changed behind DVC's back.
     """
-    folder = Path("data") / experiment.data.dataset
+    folder = prepared_folder(experiment.data.dataset)
     record = json.loads(dataset_record(experiment).read_text())
-    meta = folder / f"{experiment.data.dataset}.json"
-    found = json.loads(meta.read_text()).get("arrays_sha256") if meta.exists() else None
+    found = prepared_digest(experiment.data.dataset)
     if record.get("dataset") != experiment.data.dataset or found != record.get("arrays_sha256"):
         raise StaleInputError(f"{folder} holds {found and found[:12]!r}, but {dataset_record(experiment)} records "
                              f"{record.get('dataset')!r} with {str(record.get('arrays_sha256'))[:12]!r}; "

@@ -15,6 +15,7 @@ import time
 from pipeline.artifacts import SELECTIONS, export_converged, read_checkpoint
 from pipeline.stages.common import StaleInputError, run_stage
 
+
 def converge(params, experiment) -> None:
     for which in SELECTIONS:
         checkpoint = f"models/{experiment.name}/train/{which}.ckpt"

@@ -10,23 +10,22 @@ digest before reading the arrays.
 """
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
+from pipeline.data.arrays import prepared_folder
 from pipeline.io import write_json
-from pipeline.stages.common import dataset_record, run_stage
+from pipeline.stages.common import dataset_record, prepared_digest, run_stage
 
 
 def record(params, experiment) -> int:
     dataset = experiment.data.dataset
-    meta = Path("data") / dataset / f"{dataset}.json"
-    if not meta.exists():
-        print(f"error: {meta} not found; prepare it first: python -m pipeline.stages.prepare {dataset}", file=sys.stderr)
+    digest = prepared_digest(dataset)
+    if digest is None:
+        print(f"error: {prepared_folder(dataset)} holds no prepared {dataset}; prepare it first: "
+              f"python -m pipeline.stages.prepare {dataset}", file=sys.stderr)
         return 1
-    digest = json.loads(meta.read_text())["arrays_sha256"]
     write_json(dataset_record(experiment), {"dataset": dataset, "arrays_sha256": digest})
-    print(f"{experiment.name}: data/{dataset} (arrays {digest[:12]})")
+    print(f"{experiment.name}: {prepared_folder(dataset)} (arrays {digest[:12]})")
     return 0
 
 

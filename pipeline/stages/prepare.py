@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, load_params
 from pipeline.data import SOURCES
+from pipeline.data.arrays import prepared_folder
 from pipeline.data.sources import DownloadError, load_source
 from pipeline.data.verify import DataIntegrityError
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     except (DataIntegrityError, FileNotFoundError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    npz, meta = arrays.save(args.out or Path("data") / dataset, dataset)
+    npz, meta = arrays.save(args.out or prepared_folder(dataset), dataset)
     print(f"{dataset}: {len(arrays.x_train)} train + {len(arrays.x_test)} test images "
           f"{list(arrays.x_train.shape[1:])} -> {npz}, {meta} ({time.perf_counter() - start:.1f} s)")
     return 0
