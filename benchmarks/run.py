@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.hardware import Hardware
 from pipeline.io import atomic_open, write_json
 
 from .report import render
@@ -44,15 +45,15 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS),
                         help="sections to run (default: all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure; the median is kept")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: GLORO_ACCELERATOR's, i.e. cuda when available)")
     parser.add_argument("--out", default="results/benchmarks", help="output path without extension")
     parser.add_argument("--before", default="results/benchmarks_before.json",
                         help="an earlier run's JSON to compare against (skipped when absent)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    device = torch.device(args.device)
+    device = torch.device(args.device) if args.device else Hardware.from_env().device()
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
 

@@ -144,6 +144,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
     experiment's augmentation, logging) against the bare GloRo forward/backward passes of the same
     batches, prepared beforehand on the device; and the epoch time extrapolated to the full dataset."""
     from pipeline.config import load_params
+    from pipeline.hardware import Hardware
     from pipeline.lit.datamodule import ArraysDataModule
     from pipeline.lit.module import GloroModule
     from pipeline.training import build_trainer
@@ -167,8 +168,8 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
             settings = module.schedule.at(0)
 
             def lightning_epoch() -> float:
-                trainer = build_trainer(1, False, limit_val_batches=0, enable_checkpointing=False,
-                                        enable_progress_bar=False)
+                trainer = build_trainer(1, False, Hardware(device.type), training.batch_size, limit_val_batches=0,
+                                        enable_checkpointing=False, enable_progress_bar=False)
                 trainer.fit(module, data)
                 return module.epoch_seconds[-1]
 

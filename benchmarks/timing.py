@@ -12,11 +12,7 @@ from typing import Callable
 
 import torch
 
-
-def synchronise(device: torch.device) -> None:
-    """Wait for queued GPU work, so a timer measures the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from pipeline.measure import synchronise
 
 
 def timed(work: Callable[[], object], device: torch.device, calls: int = 1) -> float:

@@ -13,7 +13,8 @@ radius, and the label if given. A prediction is certified at radius eps when
 and the margins are reduced by its rounding bound.
 
 Every input is checked before any work; a bad one exits 2 with a message saying what was found
-and what is expected, and nothing is written.
+and what is expected, and nothing is written. Runs on the ``GLORO_ACCELERATOR`` device (default:
+a CUDA GPU when there is one), in IEEE arithmetic with cuDNN off (``pipeline.gloro.ieee_arithmetic``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import torch
 
 from pipeline.artifacts import ExportError, load_exported
 from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
+from pipeline.gloro.precision import ieee_arithmetic
+from pipeline.hardware import Hardware, HardwareError
 from pipeline.io import atomic_open
 
 
@@ -160,21 +163,26 @@ def main(argv=None) -> int:
         x, y = read_arrays(args.input, args.x_key, args.y_key)
         x = scaled_inputs(x, lipschitz["input_shape"], args.max_value, f"--input {args.input}: {args.x_key}")
         y = checked_labels(y, len(x), lipschitz["num_classes"], f"--input {args.input}: {args.y_key}")
-    except (InputError, ExportError) as error:
+        device = Hardware.from_env().device()
+    except (InputError, ExportError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     eps = lipschitz["eps"] if args.eps is None else args.eps
-    if args.bound == "sound":  # provable: float64 forward pass, its rounding bounded, provable K
-        cert = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
-                               torch.tensor(lipschitz["rounding_float64"]), args.batch_size)
-    else:  # the paper's certificate: float32, converged power iteration
-        cert = certify_logits(batched_logits(f, x, args.batch_size), torch.tensor(lipschitz["K"]), eps)
+    f, x = f.to(device), x.to(device)
+    with ieee_arithmetic():
+        if args.bound == "sound":  # provable: float64 forward pass, its rounding bounded, provable K
+            cert = certify_float64(f, x, torch.tensor(lipschitz["K_sound"], device=device), eps,
+                                   torch.tensor(lipschitz["rounding_float64"], device=device), args.batch_size)
+        else:  # the paper's certificate: float32, converged power iteration
+            cert = certify_logits(batched_logits(f, x, args.batch_size), torch.tensor(lipschitz["K"], device=device),
+                                  eps)
+    prediction, certified, radius = (t.tolist() for t in (cert.prediction, cert.certified, cert.radius))
     with atomic_open(out, "w") as handle:
         handle.write("index,prediction,certified,radius" + (",label\n" if y is not None else "\n"))
         for i in range(len(x)):
-            row = f"{i},{int(cert.prediction[i])},{bool(cert.certified[i])},{float(cert.radius[i]):.6g}"
+            row = f"{i},{prediction[i]},{certified[i]},{radius[i]:.6g}"
             handle.write(row + (f",{int(y[i])}\n" if y is not None else "\n"))
-    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound) -> {out}")
+    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound, on {device}) -> {out}")
     return 0
 
 

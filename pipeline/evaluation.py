@@ -2,7 +2,9 @@
 the paper's statements checked on the actual outputs (Theorem 4, Lemma 1, Theorem 2).
 
 Works on any logit network f (e.g. the exported ``model.pt2``) and margin bounds K, so the numbers
-are those an outsider gets from the exported files.
+are those an outsider gets from the exported files. Runs on the device of ``x`` (f and K must be
+there too), with every tensor it builds made there; float32 in IEEE precision, and the provable
+certificate inside ``ieee_arithmetic``.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from typing import Callable
 import torch
 
 from pipeline.gloro.attacks import apgd_l2, pgd_l2
+from pipeline.hardware import describe
 from pipeline.gloro.model import Certificate, batched_logits, certify_float64, certify_logits
-from pipeline.measure import inference_mb_per_instance
+from pipeline.gloro.precision import float32_precision, ieee_arithmetic
+from pipeline.measure import inference_mb_per_instance, synchronise
 
 
 THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound", "lemma1_violations",
@@ -37,8 +41,8 @@ def attack_fools(f: Callable, x: torch.Tensor, labels: torch.Tensor, eps: float,
                  seed: int, batch_size: int = 500, attack: Callable = apgd_l2) -> torch.Tensor:
     """Per point, whether any of the attacks (one per objective) finds an input within eps that f
     labels otherwise. Each objective only attacks the points the earlier ones did not break."""
-    generator = torch.Generator().manual_seed(seed)
-    fooled = torch.zeros(len(x), dtype=torch.bool)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for objective in settings.objectives:
         for i in range(0, len(x), batch_size):
             xb, lb = x[i:i + batch_size], labels[i:i + batch_size]
@@ -62,8 +66,8 @@ def pair_violations(x: torch.Tensor, prediction: torch.Tensor, certified: torch.
     close = differ = 0
     for i in range(0, len(pts), block):
         d = torch.cdist(pts[i:i + block], pts)
-        rows = torch.arange(i, min(i + block, len(pts)))[:, None]
-        upper = torch.arange(len(pts))[None] > rows  # each unordered pair once
+        rows = torch.arange(i, min(i + block, len(pts)), device=pts.device)[:, None]
+        upper = torch.arange(len(pts), device=pts.device)[None] > rows  # each unordered pair once
         near = (d <= distance) & upper
         close += int(near.sum())
         differ += int((near & (pred[i:i + block, None] != pred[None])).sum())
@@ -73,7 +77,7 @@ def pair_violations(x: torch.Tensor, prediction: torch.Tensor, certified: torch.
 def radius_curve(certificate: Certificate, labels: torch.Tensor, radii: torch.Tensor) -> list[float]:
     """Certified accuracy at each radius: correct and certified radius >= r."""
     correct = certificate.prediction == labels
-    return [float((correct & (certificate.radius >= r)).float().mean()) for r in radii]
+    return (correct[:, None] & (certificate.radius[:, None] >= radii[None])).float().mean(dim=0).tolist()
 
 
 def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor, rounding_float64: torch.Tensor,
@@ -92,13 +96,24 @@ def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor,
     Shape:
         ``x [N, C, H, W]`` in [0, 1], ``y [N]``, ``k``/``k_sound`` ``[m, m]``.
     """
+    with float32_precision("ieee"):
+        return _certify_test_set(f, k, k_sound, rounding_float64, eps, x, y, attack, seed, batch_size)
+
+
+def _timed(work: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """``work()`` and its seconds, queued GPU work included."""
+    synchronise(device)
     start = time.perf_counter()
-    logits = batched_logits(f, x, batch_size)
-    plain_seconds = time.perf_counter() - start  # the plain-inference baseline for the certification time
-    start = time.perf_counter()
-    cert = certify_logits(batched_logits(f, x, batch_size), k, eps)
-    cert_seconds = time.perf_counter() - start
-    sound = certify_float64(f, x, k_sound, eps, rounding_float64, batch_size)
+    result = work()
+    synchronise(device)
+    return result, time.perf_counter() - start
+
+
+def _certify_test_set(f, k, k_sound, rounding_float64, eps, x, y, attack, seed, batch_size) -> dict:
+    logits, plain_seconds = _timed(lambda: batched_logits(f, x, batch_size), x.device)  # the baseline
+    cert, cert_seconds = _timed(lambda: certify_logits(batched_logits(f, x, batch_size), k, eps), x.device)
+    with ieee_arithmetic():
+        sound = certify_float64(f, x, k_sound, eps, rounding_float64, batch_size)
     half = certify_logits(logits, k, eps / 2)
     correct = cert.prediction == y
     # attack the predicted label: accuracy under attack on correct points, and Theorem 4 on certified ones
@@ -108,9 +123,9 @@ def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor,
     broken_sound = int((sound.certified & fooled).sum())
     lemma_pairs, lemma_violations = pair_violations(x, cert.prediction, cert.certified, 2 * eps)
     thm2_pairs, thm2_violations = pair_violations(x, half.prediction, half.certified, eps)
-    radii = torch.linspace(0, 2 * eps, 41)
+    radii = torch.linspace(0, 2 * eps, 41, device=x.device)
     metrics = {
-        "n_test": len(x), "eps": eps,
+        "n_test": len(x), "eps": eps, "device": describe(x.device),
         "clean": float(correct.float().mean()),
         "pgd": float((correct & ~fooled).float().mean()),
         "pgd_plain50": float((correct & ~plain).float().mean()),

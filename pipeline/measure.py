@@ -59,6 +59,12 @@ def forward_bytes(f, x: torch.Tensor) -> int:
     return counter.total
 
 
+def synchronise(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures the work and not its launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cuda_peak_mb_per_instance(work: Callable[[], object], batch_size: int, device: torch.device) -> float:
     """Peak CUDA memory allocated while ``work()`` runs, per instance, in MB."""
     torch.cuda.synchronize(device)

@@ -7,6 +7,11 @@ validation split (``best.ckpt``; VRA for GloRo, clean accuracy for Standard) and
 that run is unfinished and has the same trained settings (``Experiment.trained_settings``: not the
 evaluation budgets) and starting point. A run that cannot be resumed is never deleted: it is
 moved to ``<run folder>/../set_aside/<time>-epoch<k>/`` with a ``why.json``.
+
+The hardware comes from ``pipeline.hardware`` (``GLORO_*`` variables): on several devices, Lightning
+DDP runs one process per device, each with ``batch_size / processes`` of every global batch.
+Only rank 0 moves runs aside, writes checkpoints and logs; ``train`` returns the summary there and
+None on the other ranks. Training runs in the experiment's float32 precision (``training.tf32``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pipeline.config import Experiment, Params
-from pipeline.lit.datamodule import ArraysDataModule
+from pipeline.gloro.precision import float32_precision
+from pipeline.hardware import Hardware, describe, is_first_process
+from pipeline.lit.datamodule import ArraysDataModule, per_device_batch
 from pipeline.lit.module import GloroModule
 from pipeline.io import file_digest, write_json
 from pipeline.tracking import lightning_logger
@@ -32,30 +39,41 @@ def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataMo
                             val_fraction=experiment.data.val_fraction, seed=training.seed)
 
 
-def build_trainer(max_epochs: int, logger, **kwargs) -> L.Trainer:
-    """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes buffers)."""
-    return L.Trainer(max_epochs=max_epochs, logger=logger, accelerator="auto", devices=1,
-                     num_sanity_val_steps=0, inference_mode=False,  # power iteration writes buffers
-                     log_every_n_steps=1, enable_model_summary=False, **kwargs)
+def build_trainer(max_epochs: int, logger, hardware: Hardware, batch_size: int, **kwargs) -> L.Trainer:
+    """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes
+    buffers) on ``hardware``; refuses a ``batch_size`` its processes cannot share evenly."""
+    trainer = L.Trainer(max_epochs=max_epochs, logger=logger, num_sanity_val_steps=0, inference_mode=False,
+                        log_every_n_steps=1, enable_model_summary=False, **hardware.trainer_kwargs(), **kwargs)
+    per_device_batch(batch_size, trainer.world_size)
+    return trainer
+
+
+def precision(experiment: Experiment) -> str:
+    """The float32 precision of the training passes: TF32 only when the experiment asks for it."""
+    return "tf32" if experiment.training.tf32 else "ieee"
 
 
 def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path,
-            group: str | None = None) -> Path:
-    """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically."""
+            group: str | None = None, hardware: Hardware | None = None) -> Path:
+    """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically (rank 0)."""
     warmup = experiment.training.warmup
+    hardware = hardware or Hardware.from_env()
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     data = datamodule_for(experiment, data_dir)
     module = GloroModule(experiment.trained_settings(), *data.describe())
     logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
-    trainer = build_trainer(warmup, logger, limit_val_batches=0, enable_checkpointing=False)
-    trainer.fit(module, data)
+    trainer = build_trainer(warmup, logger, hardware if warmup else hardware.one_device(),
+                            experiment.training.batch_size, limit_val_batches=0, enable_checkpointing=False)
+    with float32_precision(precision(experiment)):
+        trainer.fit(module, data)
     if logger:
         logger.experiment.finish()
     checkpoint = Path(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     partial = checkpoint.with_name(f".{checkpoint.name}.partial")
-    trainer.save_checkpoint(partial)
-    os.replace(partial, checkpoint)
+    trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+    if trainer.is_global_zero:
+        os.replace(partial, checkpoint)
     return checkpoint
 
 
@@ -67,9 +85,10 @@ def _differences(saved, current, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
 
 
-def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int) -> bool:
+def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int, move: bool = True) -> bool:
     """Whether to resume the run in ``out_dir``: an unfinished run of the same trained settings from
-    the same start. Any other run there is moved aside (with the reason), never deleted."""
+    the same start. Any other run there is moved aside (with the reason), never deleted; with
+    ``move`` False (DDP ranks but 0) it is only left for rank 0 to move."""
     last = out_dir / "last.ckpt"
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return False
@@ -81,8 +100,8 @@ def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int) -> bool
         reason = _differences(dict(saved.get("hyper_parameters", {})), dict(hparams))
         if not reason and saved.get("epoch", total_epochs) + 1 >= total_epochs:
             reason = [f"it finished all {total_epochs} epochs"]
-    if not reason:
-        return True
+    if not reason or not move:
+        return not reason
     epochs_done = saved.get("epoch", -1) + 1 if saved is not None else 0
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = out_dir.parent / "set_aside" / f"{stamp}-epoch{epochs_done}"
@@ -95,30 +114,36 @@ def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int) -> bool
 
 
 def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path, out_dir: str | Path,
-          callbacks: tuple = (), group: str | None = None, job_type: str = "train") -> dict:
-    """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary.
+          callbacks: tuple = (), group: str | None = None, job_type: str = "train",
+          hardware: Hardware | None = None) -> dict | None:
+    """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary (rank 0).
 
     ``callbacks`` are added to the Trainer's (e.g. Optuna's pruning callback); ``group`` and
-    ``job_type`` name the W&B run.
+    ``job_type`` name the W&B run; ``hardware`` defaults to the ``GLORO_*`` variables.
     """
+    hardware = hardware or Hardware.from_env()
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     data = datamodule_for(experiment, data_dir)
     module = GloroModule(experiment.trained_settings(), *data.describe(), start=file_digest(start))
     total = experiment.schedule().total_epochs
     last = out_dir / "last.ckpt"
-    resume = resume_or_set_aside(out_dir, dict(module.hparams), total)
-    if resume:
+    resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
+    if resume and is_first_process():
         print(f"resuming {experiment.name} from {last}")
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
     logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
-    trainer = build_trainer(total, logger, callbacks=[best, latest, *callbacks])
+    trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
+                            callbacks=[best, latest, *callbacks])
     try:
-        trainer.fit(module, data, ckpt_path=last if resume else start)
+        with float32_precision(precision(experiment)):
+            trainer.fit(module, data, ckpt_path=last if resume else start)
     finally:
         logger.experiment.finish()
+    if not trainer.is_global_zero:
+        return None
     best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
     warmup = experiment.training.warmup
     seconds = module.epoch_seconds[warmup:] or module.epoch_seconds
@@ -128,4 +153,6 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
             "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": module.epoch_seconds,
             "mem_mb_per_instance": module.memory_mb_per_instance,
             "validation_split": data.split, "train_size": len(data.tensors["train"][0]),
-            "device": str(trainer.strategy.root_device)}
+            "device": describe(trainer.strategy.root_device), "processes": trainer.world_size,
+            "per_device_batch": per_device_batch(experiment.training.batch_size, trainer.world_size),
+            "float32": precision(experiment)}

@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.config import ConfigError, Experiment, Params, load_params
+from pipeline.hardware import Hardware
 from sweeps import claims
 from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, resolve
 
@@ -266,22 +267,18 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
 
     from pipeline.training import train, warm_up
 
+    hardware = Hardware.from_env().one_device()  # one device per worker: run a worker per GPU
+
     def objective(experiment: Experiment, trial: optuna.Trial, label: str) -> float:
         trial.set_user_attr("torch_threads", share_cores(threads))
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-            start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group)
+            start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group, hardware=hardware)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val/vra")
             summary = train(params, experiment, data_dir, start, Path(tmp) / "train", callbacks=(pruning,),
-                            group=group, job_type=label)
+                            group=group, job_type=label, hardware=hardware)
         return summary["best_val"]
 
     return objective
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def prepare_data(experiment: Experiment, params: Params) -> Path:
@@ -328,6 +325,7 @@ def main(argv=None) -> int:
         experiment = params.experiment(args.experiment)
         if not experiment.robust:
             raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo hyperparameters to search")
+        accelerator = Hardware.from_env().accelerator
         threads = None if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else 0
         if threads == 0:
             raise ConfigError(f"--threads: got {args.threads!r}, expected an integer >= 1 or 'auto'")
@@ -355,7 +353,7 @@ def main(argv=None) -> int:
         return 2
     data_dir = prepare_data(experiment, params)
     group = f"search-{experiment.name}"
-    device = "cuda:0 (give each worker its own GPU with CUDA_VISIBLE_DEVICES)" if _cuda() else "CPU"
+    device = "cuda:0 (give each worker its own GPU with CUDA_VISIBLE_DEVICES)" if accelerator == "cuda" else "CPU"
     print(f"search worker {socket.gethostname()}:{os.getpid()}: {device}, torch threads "
           f"{share_cores(threads)} {'(re-counted every trial)' if threads is None else 'per trial'}")
     search = GreedySearch(experiment, training_objective(params, data_dir, work_dir, group, threads), storage,

@@ -88,3 +88,11 @@ def test_none_is_identity_and_unknown_is_an_error():
     assert torch.equal(Augment("none")(x), x)
     with pytest.raises(ValueError, match="unknown augmentation 'autoaugment'"):
         Augment("autoaugment")
+
+
+def test_a_batch_split_among_processes_is_augmented_as_one():
+    """Each DDP rank draws the parameters of the whole global batch and keeps its rows'."""
+    x = torch.rand(10, 3, 16, 16)
+    whole = Augment("default", seed=3)(x)
+    parts = Augment("default", seed=3)
+    assert torch.equal(parts(x[4:7], offset=4, total=10), whole[4:7])

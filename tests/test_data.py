@@ -18,7 +18,8 @@ from pipeline.data import cifar10, mnist, tinyimagenet
 from pipeline.data.arrays import DatasetArrays
 from pipeline.data.mnist import read_mnist_split
 from pipeline.data.sources import load_source
-from pipeline.lit.datamodule import ArraysDataModule, TensorBatches, split_validation
+from pipeline.hardware import HardwareError
+from pipeline.lit.datamodule import ArraysDataModule, TensorBatches, per_device_batch, split_validation
 from pipeline.stages import prepare
 
 
@@ -201,8 +202,8 @@ def test_datamodule_splits_and_scales(digits_module):
     x_val, _ = digits_module.tensors["val"]
     assert len(x_train) + len(x_val) == 1347 and len(x_val) == 135
     assert digits_module.describe() == ([1, 8, 8], 10)
-    x, y = digits_module.on_after_batch_transfer(next(iter(digits_module.val_dataloader())), 0)
-    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() == 1.0
+    x, y, total = digits_module.on_after_batch_transfer(next(iter(digits_module.val_dataloader())), 0)
+    assert total == len(x) == 135 and x.dtype == torch.float32 and x.min() >= 0 and x.max() == 1.0
 
 
 def test_validation_split_is_seeded_and_disjoint():
@@ -217,13 +218,37 @@ def test_batches_cover_each_epoch_and_reshuffle_reproducibly():
     x, y = torch.arange(250)[:, None], torch.arange(250)
     epoch = [0]
     batches = TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: epoch[0])
-    epoch0 = torch.cat([b for _, b in batches])
+    epoch0 = torch.cat([b for _, b, _, _ in batches])
     assert len(batches) == 4 and sorted(epoch0.tolist()) == list(range(250))
     epoch[0] = 1
-    epoch1 = torch.cat([b for _, b in batches])
+    epoch1 = torch.cat([b for _, b, _, _ in batches])
     assert not torch.equal(epoch0, epoch1)
     again = TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: 1)
-    assert torch.equal(torch.cat([b for _, b in again]), epoch1)  # a resumed run sees the same order
+    assert torch.equal(torch.cat([b for _, b, _, _ in again]), epoch1)  # a resumed run sees the same order
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_ranks_share_each_global_batch_exactly(world_size):
+    """Under DDP every rank takes a disjoint, contiguous slice of each global batch of the same
+    permutation: together they are the single process's batches, in order, even the short last one."""
+    x, y = torch.arange(250)[:, None], torch.arange(250)
+    single = list(TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: 2))
+    ranks = [list(TensorBatches(x, y, 64, shuffle=True, seed=1, epoch=lambda: 2, rank=r, world_size=world_size))
+             for r in range(world_size)]
+    assert all(len(shares) == len(single) for shares in ranks)  # no rank waits for a batch that never comes
+    for i, (_, labels, offset, total) in enumerate(single):
+        assert offset == 0 and total == len(labels)
+        shares = [ranks[r][i] for r in range(world_size)]
+        assert torch.equal(torch.cat([share[1] for share in shares]), labels)
+        assert [share[2] for share in shares] == [sum(len(s[1]) for s in shares[:r]) for r in range(world_size)]
+        assert {share[3] for share in shares} == {total}
+        assert max(len(s[1]) for s in shares) - min(len(s[1]) for s in shares) <= 1
+
+
+def test_per_device_batch_refuses_an_uneven_split():
+    assert per_device_batch(512, 4) == 128
+    with pytest.raises(HardwareError, match="batch_size 100 does not divide among 3 processes"):
+        per_device_batch(100, 3)
 
 
 class Recorder(L.LightningModule):
@@ -235,7 +260,7 @@ class Recorder(L.LightningModule):
         self.seen, self.first_batches = [], []
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, _ = batch
         if batch_idx == 0:
             self.first_batches.append(y.clone())
         self.seen.append((x.min().item(), x.max().item(), x.dtype))

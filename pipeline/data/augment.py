@@ -72,10 +72,13 @@ class Augment(torch.nn.Module):
             "brightness": _uniform(n, s.brightness, g, device),
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0, total: int | None = None) -> torch.Tensor:
+        """Augment ``x``, rows ``offset`` onwards of a batch of ``total`` (default ``len(x)``): the
+        parameters are drawn for the whole batch, so a batch split among processes is augmented as one."""
         if self.kind == "none":
             return x
-        return apply(x, self.sample(len(x), x.shape[2], x.shape[3], x.device), clip=self.spec.brightness > 0)
+        drawn = self.sample(len(x) if total is None else total, x.shape[2], x.shape[3], x.device)
+        return apply(x, {k: v[offset:offset + len(x)] for k, v in drawn.items()}, clip=self.spec.brightness > 0)
 
 
 def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> torch.Tensor:
@@ -94,13 +97,24 @@ def sampling_matrices(p: dict[str, torch.Tensor], height: int, width: int) -> to
     return centre @ rotation @ shift @ shear_m @ zoom @ uncentre
 
 
+def _matrix3(rows: list[list[float]], device) -> torch.Tensor:
+    """A 3x3 float32 matrix filled on ``device`` (no host-to-device copy per batch)."""
+    m = torch.zeros(3, 3, device=device)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            if value:
+                m[i, j] = value
+    return m
+
+
 def apply(x: torch.Tensor, p: dict[str, torch.Tensor], clip: bool = False) -> torch.Tensor:
     """Warp, flip and brighten ``x`` ``[N, C, H, W]`` with the parameters ``p`` of ``Augment.sample``."""
     n, _, h, w = x.shape
     m = sampling_matrices(p, h, w)
     # to grid_sample's normalised (x = col, y = row) coordinates, align_corners=True: u = 2 i / (size - 1) - 1
-    to_norm = torch.tensor([[0.0, 2 / max(w - 1, 1), -1], [2 / max(h - 1, 1), 0, -1], [0, 0, 1]], device=x.device)
-    from_norm = torch.linalg.inv(to_norm)
+    a, b = 2 / max(w - 1, 1), 2 / max(h - 1, 1)
+    to_norm = _matrix3([[0, a, -1], [b, 0, -1], [0, 0, 1]], x.device)
+    from_norm = _matrix3([[0, 1 / b, 1 / b], [1 / a, 0, 1 / a], [0, 0, 1]], x.device)
     theta = (to_norm @ m @ from_norm)[:, :2]
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=True)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)

@@ -10,12 +10,14 @@ from .layers import LipschitzConv2d, LipschitzDense, tracked_layers
 from .losses import gloro_cross_entropy, trades_loss
 from .lower_bounds import global_lower_bound, local_lower_bound
 from .model import Certificate, GloroNet, certify_logits, clean_accuracy, rejection_rate, vra
+from .precision import ReducedPrecisionError, float32_precision, ieee_arithmetic
 from .schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
 __all__ = [
     "ARCHITECTURES", "Certificate", "EpsSchedule", "GloroNet", "LRSchedule", "LambdaSchedule",
-    "LipschitzConv2d", "LipschitzDense", "MinMax", "TrainingSchedule", "build_network", "certify_logits",
-    "clean_accuracy", "exact_spectral_norm", "global_lower_bound", "gloro_cross_entropy",
-    "local_lower_bound", "make_activation", "parse_spec", "pgd_l2", "rejection_rate",
+    "LipschitzConv2d", "LipschitzDense", "MinMax", "ReducedPrecisionError", "TrainingSchedule", "build_network",
+    "certify_logits", "clean_accuracy", "exact_spectral_norm", "float32_precision", "global_lower_bound",
+    "gloro_cross_entropy", "ieee_arithmetic", "local_lower_bound", "make_activation", "parse_spec", "pgd_l2",
+    "rejection_rate",
     "sound_spectral_norm", "tracked_layers", "trades_loss", "vra",
 ]

@@ -51,8 +51,8 @@ def pgd_l2(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: t
     fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     d = x[0].numel()
     for _ in range(restarts):
-        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        radius = eps * torch.rand(len(x), generator=generator, dtype=x.dtype).to(x.device) ** (1 / d)
+        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        radius = eps * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device) ** (1 / d)
         delta = direction / _flat_norm(direction) * radius.view(-1, *[1] * (x.dim() - 1))
         adv = (x + delta).clamp(0, 1)
         for _ in range(steps):
@@ -111,8 +111,8 @@ def apgd_l2(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: 
         return loss.detach(), grad, logits.argmax(dim=1) != labels
 
     for _ in range(restarts):
-        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        radius = eps * torch.rand(n, generator=generator, dtype=x.dtype).to(x.device) ** (1 / x[0].numel())
+        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        radius = eps * torch.rand(n, generator=generator, dtype=x.dtype, device=x.device) ** (1 / x[0].numel())
         current = project(x + direction / _flat_norm(direction) * radius.view(view))
         previous = current.clone()
         loss, grad, wrong = loss_and_grad(current)

@@ -67,7 +67,7 @@ def _argmax_of(f: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _draw(pool: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    return pool[torch.randint(len(pool), (n,), generator=generator).to(pool.device)]
+    return pool[torch.randint(len(pool), (n,), generator=generator, device=pool.device)]
 
 
 def global_lower_bound(f: nn.Module, pool: torch.Tensor, pairs: int = 100, steps: int = 7_500,

@@ -17,6 +17,7 @@ from torch import nn
 from .bounds import SOUND_RTOL, sound_spectral_norm
 from .activations import MinMax
 from .layers import LipschitzDense, LipschitzLinear, tracked_layers
+from .precision import require_ieee
 from .rounding import certified_with_rounding, logit_rounding_bound
 
 Bound = Literal["power", "sound"]
@@ -123,7 +124,9 @@ def batched_logits(f, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
 def certify_float64(f: nn.Module, x: torch.Tensor, k_ij: torch.Tensor, eps: float, rounding: torch.Tensor,
                     batch_size: int = 1000) -> Certificate:
     """The provable certificate: a float64 copy of ``f`` on ``x``, margins reduced by ``rounding``
-    (per-logit bounds on that float64 pass's rounding error, ``rounding.logit_rounding_bound``)."""
+    (per-logit bounds on that float64 pass's rounding error, ``rounding.logit_rounding_bound``).
+    On CUDA, run it inside ``precision.ieee_arithmetic()`` (it refuses to run with cuDNN on)."""
+    require_ieee(x.device, torch.float64, "the provable float64 certificate")
     return certify_logits(batched_logits(copy.deepcopy(f).double(), x.double(), batch_size), k_ij, eps, rounding)
 
 

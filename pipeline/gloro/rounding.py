@@ -9,8 +9,9 @@ per coordinate (ReLU; MinMax passes on the larger error of each pair), and a wor
 magnitude of 1 (inputs in [0, 1]), this gives a per-logit error bound r valid for every input.
 The implemented test is then ``f_j - f_i - eps * K_ij > r_i + r_j``, evaluated in float64.
 
-The bound assumes IEEE arithmetic in the working precision: on GPUs, TF32 must be off
-(``torch.backends.cudnn.allow_tf32 = False``, ``torch.backends.cuda.matmul.allow_tf32 = False``).
+The bound assumes IEEE dot products in the working precision: no TF32 (or oneDNN's reduced
+float32 modes) and, on CUDA, no cuDNN (FFT and Winograd convolutions). The per-input bound
+refuses to run otherwise; ``precision.ieee_arithmetic()`` provides both.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from .activations import MinMax
 from .layers import LipschitzConv2d, LipschitzDense
+from .precision import require_ieee
 
 UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 SLACK = 1 + 1e-9  # the bound's own float64 arithmetic, rounded up
@@ -52,6 +54,8 @@ def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_
     dtype = dtype if x is None else x.dtype
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"no rounding model for {dtype}; expected float32 or float64")
+    if x is not None:  # the bound is of the pass run here, so that pass must be IEEE
+        require_ieee(x.device, dtype, "the provable certificate's rounding bound")
     u = UNIT_ROUNDOFF[dtype]
     value = x  # the computed activations, per input
     magnitude = torch.ones((1, *input_shape), dtype=torch.float64) if x is None else value.double().abs()

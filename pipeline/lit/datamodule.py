@@ -1,8 +1,13 @@
 """A LightningDataModule over a prepared dataset held in memory as tensors.
 
-The uint8 arrays are moved once to the training device; each batch is taken by indexing (no
+The uint8 arrays are moved once to each training device; each batch is taken by indexing (no
 per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is seeded per epoch
 (seed + epoch), so a resumed run sees the same order as an uninterrupted one.
+
+Under DDP every rank walks the same permutation in global batches of ``batch_size`` and takes its
+own contiguous slice of each (``Tensor.tensor_split``), so the ranks together see exactly the
+batches one process would; augmentation parameters are drawn for the global batch and sliced the
+same way. A batch is ``(x, y, total)``, ``total`` being the global batch's size.
 """
 from __future__ import annotations
 
@@ -17,17 +22,20 @@ import torch
 
 from pipeline.data.arrays import DatasetArrays
 from pipeline.data.augment import Augment
+from pipeline.hardware import HardwareError
 
 
 class TensorBatches:
-    """Iterates ``(x, y)`` batches of in-memory tensors, by index, optionally shuffled by epoch.
+    """Iterates this rank's share of ``(x, y, offset, total)`` batches of in-memory tensors, by index,
+    optionally shuffled by epoch: ``offset`` is where the share starts in its global batch of ``total``.
 
     ``epoch`` is asked at the start of every pass (Lightning builds the loader only once).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch: Callable[[], int] = lambda: 0):
+                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1):
         self.x, self.y, self.batch_size, self.shuffle, self.seed, self.epoch = x, y, batch_size, shuffle, seed, epoch
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -39,8 +47,19 @@ class TensorBatches:
         else:
             order = torch.arange(len(self.x), device=self.x.device)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            batch = order[start:start + self.batch_size]
+            total = len(batch)
+            share = batch.tensor_split(self.world_size)[self.rank]  # sizes differ by at most one
+            offset = self.rank * (total // self.world_size) + min(self.rank, total % self.world_size)
+            yield self.x[share], self.y[share], offset, total
+
+
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """The batch each of ``world_size`` processes takes, so that together they take ``batch_size``."""
+    if batch_size % world_size:
+        raise HardwareError(f"batch_size {batch_size} does not divide among {world_size} processes "
+                         f"(devices x nodes); choose a multiple of {world_size}, or other GLORO_DEVICES/GLORO_NUM_NODES")
+    return batch_size // world_size
 
 
 def describe_split(n: int, val_indices: np.ndarray, fraction: float, seed: int) -> dict:
@@ -97,19 +116,26 @@ class ArraysDataModule(L.LightningDataModule):
         meta = json.loads((self.data_dir / f"{self.dataset}.json").read_text())
         return meta["shapes"]["x_train"][1:], len(meta["classes"])
 
+    def _shards(self) -> dict:
+        """This process's rank and the number of processes (1 without a Trainer)."""
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
+
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed,
-                             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0)
+                             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+                             **self._shards())
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.tensors["val"], self.eval_batch_size, shuffle=False)
+        return TensorBatches(*self.tensors["val"], self.eval_batch_size, shuffle=False, **self._shards())
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.tensors["test"], self.eval_batch_size, shuffle=False)
+        return TensorBatches(*self.tensors["test"], self.eval_batch_size, shuffle=False, **self._shards())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
+        """``(x, y, offset, total)`` -> ``(x, y, total)``: x scaled to [0, 1] and, in training, augmented."""
+        x, y, offset, total = batch
         x = x.float() / self.max_value
         if self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
-        return x, y
+            x = self.augment(x, offset, total)
+        return x, y, total

@@ -3,7 +3,14 @@
 Per epoch: warm-up epochs train f with plain cross-entropy; robust epochs train the GloRo net at
 the scheduled eps with TRADES(lambda) or CE over the m+1 logits; the LR follows the paper's
 schedule. Before every validation, power iteration runs to convergence so validation VRA uses
-the converged bound (as the paper's evaluation does). Metric keys: ``train/*``, ``val/*``.
+the converged bound (as the paper's evaluation does), in IEEE float32. Metric keys: ``train/*``,
+``val/*``.
+
+Under DDP each rank takes its share of every global batch (``pipeline.lit.datamodule``); its
+mean loss is weighted by its share, so the averaged gradient is the global batch's whatever the
+split. DDP broadcasts the power-iteration iterates from rank 0 before every forward; after the
+validation's convergence they are broadcast again. Validation metrics are sums over all ranks
+(torchmetrics), so ``best.ckpt`` is chosen on the whole validation split.
 """
 from __future__ import annotations
 
@@ -12,11 +19,14 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
 
 from pipeline.artifacts import build_gloro
 from pipeline.config import Experiment
 from pipeline.gloro import gloro_cross_entropy, trades_loss
-from pipeline.gloro.model import clean_accuracy, gloro_logits, rejection_rate, vra
+from pipeline.gloro.model import clean_accuracy, gloro_logits, gloro_prediction, predicted_class, vra
+from pipeline.gloro.precision import float32_precision
 from pipeline.measure import MB, saved_for_backward
 
 
@@ -33,6 +43,7 @@ class GloroModule(L.LightningModule):
         self._val_k = None
         self.memory_mb_per_instance: float | None = None
         self.epoch_seconds: list[float] = []  # carried through checkpoints, so resumed runs keep them
+        self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("clean", "vra", "rejection")})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["epoch_seconds"] = self.epoch_seconds
@@ -58,16 +69,20 @@ class GloroModule(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, total = batch
+        if len(x) == 0:  # this rank's share of a last batch smaller than the number of processes
+            return sum(p.sum() for p in self.parameters()) * 0.0
         if self.device.type != "cuda" and batch_idx == 0:
             with saved_for_backward() as saved:
                 loss, metrics = self._loss(x, y)
             self.memory_mb_per_instance = sum(saved.values()) / len(x) / MB
         else:
             loss, metrics = self._loss(x, y)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x))
-        return loss
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        share = len(x) * self.trainer.world_size / total  # 1 on one process
+        return loss if share == 1 else loss * share
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         settings = self.schedule.at(self.current_epoch)
@@ -91,14 +106,23 @@ class GloroModule(L.LightningModule):
         self.log("train/mem_mb_per_instance", self.memory_mb_per_instance)
 
     def on_validation_epoch_start(self) -> None:
-        self.net.converge(self.experiment.training.converge_tol)
-        self._val_k = self.net.k_ij().detach()
-        self.log("val/lipschitz", self.net.global_lipschitz())
+        with float32_precision("ieee"):
+            self.net.converge(self.experiment.training.converge_tol)
+            if self.trainer.world_size > 1:  # the same iterates on every rank, whatever each computed
+                for layer in self.net.layers:
+                    torch.distributed.broadcast(layer.u, src=0)
+            self._val_k = self.net.k_ij().detach()
+            self.log("val/lipschitz", self.net.global_lipschitz())
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self.net.f(x)
-        gloro = gloro_logits(logits, self._val_k, self.experiment.eps_test)
-        self.log_dict({"val/clean": clean_accuracy(logits, y), "val/vra": vra(gloro, y),
-                       "val/rejection": rejection_rate(gloro)},
-                      on_epoch=True, prog_bar=True, batch_size=len(x))
+        x, y, _ = batch
+        if len(x) == 0:
+            return
+        with float32_precision("ieee"):
+            logits = self.net.f(x)
+            gloro = gloro_logits(logits, self._val_k, self.experiment.eps_test)
+        verdict = gloro_prediction(gloro)
+        for name, hit in (("clean", predicted_class(logits) == y), ("vra", verdict == y),
+                          ("rejection", verdict == logits.shape[1])):
+            self.val_metrics[name].update(hit.float())
+            self.log(f"val/{name}", self.val_metrics[name], on_epoch=True, prog_bar=True)

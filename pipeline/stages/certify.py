@@ -8,6 +8,7 @@ VRA with the power-iteration bound and with the provable bound, rejection rate, 
 time and memory, and the theorem checks. Writes ``results/certification/<experiment>.json`` and
 the certified-accuracy-vs-radius curve ``results/plots/radius/<experiment>.csv``. Exits 1 if a
 certificate is contradicted (after writing the numbers) or the export disagrees with the model.
+Runs on the ``GLORO_ACCELERATOR`` device (recorded as ``device``), in IEEE arithmetic.
 """
 from __future__ import annotations
 
@@ -21,28 +22,36 @@ from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
 from pipeline.io import atomic_open, write_json
 from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
+from pipeline.gloro.precision import ieee_arithmetic
+from pipeline.hardware import Hardware
 from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
 from pipeline.tracking import start_run
 
 
-def export_mismatches(directory, f, lipschitz: dict, x: torch.Tensor, eps: float) -> int:
-    """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's."""
+def export_mismatches(directory, f, bounds: dict[str, torch.Tensor], x: torch.Tensor, eps: float) -> int:
+    """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's.
+
+    The GloroNet's provable bounds are computed on the CPU, as the export's were; both run on x's device.
+    """
     _, net, _ = load_gloro(directory)
-    if weights_digest(net.f) != lipschitz["weights_sha256"]:
+    if weights_digest(net.f) != bounds["weights_sha256"]:
         raise ExportError(f"{directory}/gloro.pt holds other weights than those {directory}/lipschitz.json describes")
-    power = certify_logits(batched_logits(f, x), torch.tensor(lipschitz["K"]), eps).certified
-    sound = certify_float64(f, x, torch.tensor(lipschitz["K_sound"]), eps,
-                            torch.tensor(lipschitz["rounding_float64"])).certified
-    net_power = net.certify(x, eps, bound="power").certified
-    net_sound = certify_float64(net.f, x, net.k_ij_sound(), eps, net.rounding(torch.float64)).certified
+    net_k_sound, net_rounding = net.k_ij_sound().to(x.device), net.rounding(torch.float64).to(x.device)
+    net = net.to(x.device)
+    with ieee_arithmetic():
+        power = certify_logits(batched_logits(f, x), bounds["K"], eps).certified
+        net_power = net.certify(x, eps, bound="power").certified
+        sound = certify_float64(f, x, bounds["K_sound"], eps, bounds["rounding_float64"]).certified
+        net_sound = certify_float64(net.f, x, net_k_sound, eps, net_rounding).certified
     return int((power != net_power).sum() + (sound != net_sound).sum())
 
 
 def certify(params, experiment) -> int:
     name = experiment.name
+    device = Hardware.from_env().device()
     data = DatasetArrays.load(prepared_data(experiment), experiment.data.dataset)
-    x = torch.from_numpy(data.x_test).float() / data.max_value
-    y = torch.from_numpy(data.y_test)
+    x = torch.from_numpy(data.x_test).to(device).float() / data.max_value
+    y = torch.from_numpy(data.y_test).to(device)
     attack = AttackSettings(experiment.attack.steps, experiment.attack.restarts)
     results = {}
     for which in SELECTIONS:
@@ -52,13 +61,14 @@ def certify(params, experiment) -> int:
         if results and lipschitz["epoch"] == results["best"]["epoch"]:  # the same checkpoint
             results[which] = dict(results["best"])
             continue
-        metrics = certify_test_set(f, torch.tensor(lipschitz["K"]), torch.tensor(lipschitz["K_sound"]),
-                                   torch.tensor(lipschitz["rounding_float64"]), experiment.eps_test, x, y, attack,
-                                   seed=experiment.training.seed)
+        f = f.to(device)
+        bounds = {key: torch.tensor(lipschitz[key], device=device) for key in ("K", "K_sound", "rounding_float64")}
+        metrics = certify_test_set(f, bounds["K"], bounds["K_sound"], bounds["rounding_float64"], experiment.eps_test,
+                                   x, y, attack, seed=experiment.training.seed)
         metrics |= {"epoch": lipschitz["epoch"], "lipschitz_global_ub": max(map(max, lipschitz["K"])),
                     "lipschitz_global_ub_sound": max(map(max, lipschitz["K_sound"])),
                     "lipschitz_layer_product": lipschitz["global_ub"],
-                    "export_mismatches": export_mismatches(directory, f, lipschitz, x, experiment.eps_test)}
+                    "export_mismatches": export_mismatches(directory, f, lipschitz | bounds, x, experiment.eps_test)}
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
     results["last"].pop("radius_curve")

@@ -10,6 +10,7 @@ from typing import Callable
 
 from pipeline.config import ConfigError, Experiment, Params, load_params
 from pipeline.data.arrays import prepared_folder
+from pipeline.hardware import Hardware
 from pipeline.io import MismatchError
 
 
@@ -23,16 +24,20 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
 
 def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=None) -> int:
     """Parse the command line, validate params, run ``body`` (its return value is the exit status;
-    None means 0); a bad params value exits 2 with its message."""
+    None means 0); a bad params value or ``GLORO_*`` hardware variable exits 2 with its message."""
     args = experiment_parser(doc).parse_args(argv)
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
+        Hardware.from_env()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         return body(params, experiment) or 0
+    except ConfigError as error:  # e.g. a batch the GLORO_* hardware cannot share
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except MismatchError as error:  # stale data, a mismatched export: say which files
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -5,7 +5,9 @@
 For ``best`` (selected on the validation split) and ``last``: runs every layer's power iteration
 until the estimate changes by less than ``converge_tol`` (relative), computes the provable
 per-layer bounds, and writes ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``,
-``lipschitz.json`` (see ``pipeline.artifacts``).
+``lipschitz.json`` (see ``pipeline.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
+device in IEEE float32; the provable bounds and the export run on the CPU in float64, so they are
+the same whatever machine converged the model.
 """
 from __future__ import annotations
 
@@ -13,10 +15,13 @@ import sys
 import time
 
 from pipeline.artifacts import SELECTIONS, export_converged, read_checkpoint
+from pipeline.gloro.precision import float32_precision
+from pipeline.hardware import Hardware, describe
 from pipeline.stages.common import StaleInputError, run_stage
 
 
 def converge(params, experiment) -> None:
+    device = Hardware.from_env().device()
     for which in SELECTIONS:
         checkpoint = f"models/{experiment.name}/train/{which}.ckpt"
         trained, net, info = read_checkpoint(checkpoint)
@@ -24,9 +29,11 @@ def converge(params, experiment) -> None:
             raise StaleInputError(f"{checkpoint} was trained with other settings than params.yaml's "
                                   f"experiments.{experiment.name}; run `dvc repro`")
         start = time.perf_counter()
-        iterations = net.converge(experiment.training.converge_tol)
-        info |= {"selection": which, "converge_tol": experiment.training.converge_tol,
+        with float32_precision("ieee"):
+            iterations = net.to(device).converge(experiment.training.converge_tol)
+        info |= {"selection": which, "converge_tol": experiment.training.converge_tol, "converge_device": describe(device),
                  "converge_iterations": iterations, "converge_seconds": time.perf_counter() - start}
+        net = net.cpu()
         summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")
         print(f"{experiment.name}/{which} (epoch {info['epoch']}): {sum(iterations)} iterations, "
               f"global bound {summary['global_ub']:.4g} (provable {summary['global_ub_sound']:.4g})")

@@ -6,6 +6,7 @@ Writes ``models/<experiment>/train/{best,last}.ckpt`` (best = highest VRA on the
 split, clean accuracy for Standard models) and ``results/training/<experiment>.json``. If a
 previous run was killed, the same command resumes from ``last.ckpt``; a previous run it cannot
 resume (other trained settings, or finished) is moved to ``models/<experiment>/set_aside/``.
+Runs on the hardware the ``GLORO_*`` variables name (``pipeline.hardware``), on several devices with DDP.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def train(params, experiment) -> None:
 
     name = experiment.name
     summary = run(params, experiment, prepared_data(experiment), f"models/{name}/warmup.ckpt", f"models/{name}/train")
+    if summary is None:  # a DDP rank other than 0: rank 0 writes the results
+        return
     write_json(f"results/training/{name}.json", summary)
     print(f"{name}: best {summary['selection']} {summary['best_val']:.4f} at epoch {summary['best_epoch']}"
           f" of {summary['epochs']}, {summary['sec_per_epoch']:.2f} s/epoch")

@@ -1,0 +1,148 @@
+"""Lightning DDP on two CPU processes (gloo): the same training as one process, the same iterates
+on every rank, validation over the whole split, and resume after kill -9; the hardware variables."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_params
+
+from pipeline.hardware import Hardware, HardwareError, is_first_process
+from pipeline.stages import dataset, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "tests" / "ddp_train.py"
+
+
+def _project(folder: Path, **training) -> Path:
+    """A project folder with experiment ``tiny`` (digits, no augmentation) prepared for training.
+
+    The validation fraction 0.11 leaves 1,199 training images: the last batch of every epoch is
+    odd, so its two shares differ in size; the 148 validation images split 74/74 in one batch.
+    """
+    folder.mkdir()
+    params = tiny_params()
+    tiny = params["experiments"]["tiny"]
+    tiny["data"] = tiny["data"] | {"val_fraction": 0.11}
+    tiny["training"] = tiny["training"] | training
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def _env(processes: int, threads: int = 1) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLORO_")}
+    return env | {"PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
+                  "GLORO_DEVICES": str(processes), "OMP_NUM_THREADS": str(threads)}
+
+
+def _run(folder: Path, processes: int, *command: str, threads: int = 1) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *command], cwd=folder, env=_env(processes, threads), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.")}
+
+
+def _largest_difference(a: dict, b: dict, iterates: bool = False) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a if k.endswith(".u") == iterates)
+
+
+def test_two_processes_train_as_one(tmp_path, report):
+    """Same global batch (256 = 2 x 128): one warm-up epoch (5 steps of cross-entropy, the last one
+    split 88/87) must match to rounding; after the robust epochs (10 more steps) power iteration
+    amplifies rounding, so DDP is compared with the spread that a second CPU thread alone causes."""
+    runs = {n: _project(tmp_path / f"p{n}", warmup=1, epochs=2, loss="0.1,2.0,2") for n in ("1", "2", "1x2")}
+    for n, folder in runs.items():
+        _run(folder, int(n[0]), str(DRIVER), threads=2 if n == "1x2" else 1)
+    warm = {n: _net_state(runs[n] / "models/tiny/warmup.ckpt") for n in runs}
+    last = {n: _net_state(runs[n] / "models/tiny/train/last.ckpt") for n in runs}
+    scale = max(v.abs().max().item() for k, v in last["1"].items() if not k.endswith(".u"))
+    warm_diff = _largest_difference(warm["1"], warm["2"])
+    assert warm_diff <= 1e-6 * scale, f"after the warm-up, DDP weights differ from one process's by {warm_diff:.3g}"
+    diff, floor = _largest_difference(last["1"], last["2"]), _largest_difference(last["1"], last["1x2"])
+    assert diff <= 1e-3 * scale, f"DDP weights differ from one process's by {diff:.3g} (largest weight {scale:.3g})"
+    iterates = [torch.load(runs["2"] / f"iterates.rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(iterates[0][k], iterates[1][k]) for k in iterates[0]), "iterates differ between ranks"
+    metrics = {n: json.loads((runs[n] / "metrics.rank0.json").read_text()) for n in ("1", "2")}
+    assert json.loads((runs["2"] / "metrics.rank1.json").read_text()) == metrics["2"], "ranks disagree on validation"
+    for key in ("val/vra", "val/clean", "val/rejection"):
+        assert [m[key] for m in metrics["2"]] == [m[key] for m in metrics["1"]], key
+    summary = json.loads((runs["2"] / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["per_device_batch"] == 128 and summary["float32"] == "ieee"
+    report(f"DDP (2 CPU processes, gloo) vs 1 process, largest weight difference: {warm_diff:.2g} after the 5 "
+           f"warm-up steps, {diff:.2g} after 10 robust steps (1 process on 2 threads vs 1 thread: {floor:.2g}; "
+           f"largest weight {scale:.2g}); iterates: equal on both ranks, "
+           f"{_largest_difference(last['1'], last['2'], iterates=True):.2g} from one process's; validation VRA per "
+           f"epoch {[round(m['val/vra'], 4) for m in metrics['2']]} under both")
+
+
+def test_ddp_training_resumes_after_kill_9(tmp_path):
+    folder = _project(tmp_path / "p", epochs=40, loss="0.1,2.0,40")
+    _run(folder, 2, "-m", "pipeline.stages.warmup", "tiny")
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=folder, env=_env(2),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = folder / "models/tiny/train/last.ckpt"
+    deadline = time.monotonic() + 240
+    while _epoch_of(last) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # kill -9 every rank
+    process.wait()
+    killed_at = _epoch_of(last)
+    assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
+    result = _run(folder, 2, "-m", "pipeline.stages.train", "tiny")
+    assert "resuming tiny" in result.stdout
+    summary = json.loads((folder / "results/training/tiny.json").read_text())
+    assert summary["resumed"] and summary["processes"] == 2 and len(summary["epoch_seconds"]) == 40
+    assert _epoch_of(last) == 39 and not (folder / "models/tiny/set_aside").exists()
+
+
+def _epoch_of(checkpoint: Path) -> int:
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:
+        return -1
+
+
+def test_a_batch_the_processes_cannot_share_is_refused(tmp_path):
+    folder = _project(tmp_path / "p", batch_size=255)
+    _run(folder, 1, "-m", "pipeline.stages.warmup", "tiny")
+    result = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=folder, env=_env(2),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "error: batch_size 255 does not divide among 2 processes" in result.stderr
+
+
+def test_hardware_variables_are_validated():
+    assert Hardware.from_env({}).devices == 1
+    assert Hardware.from_env({"GLORO_ACCELERATOR": "cpu", "GLORO_DEVICES": "4", "GLORO_NUM_NODES": "2"}) \
+        .trainer_kwargs() == {"accelerator": "cpu", "devices": 4, "strategy": "auto", "num_nodes": 2}
+    for variables, message in (({"GLORO_DEVICES": "two"}, "GLORO_DEVICES='two': expected a whole number"),
+                               ({"GLORO_DEVICES": "0"}, "GLORO_DEVICES='0'"),
+                               ({"GLORO_ACCELERATOR": "tpu"}, "GLORO_ACCELERATOR='tpu': expected one of"),
+                               ({"GLORO_STRATEGY": "fsdp"}, "GLORO_STRATEGY='fsdp'"),
+                               ({"GLORO_NUM_NODES": "auto"}, "GLORO_NUM_NODES='auto'")):
+        with pytest.raises(HardwareError, match=message):
+            Hardware.from_env(variables)
+    if not torch.cuda.is_available():
+        with pytest.raises(HardwareError, match="no CUDA GPU"):
+            Hardware.from_env({"GLORO_ACCELERATOR": "cuda"})
+    assert is_first_process({}) and is_first_process({"LOCAL_RANK": "0", "NODE_RANK": "0"})
+    assert not is_first_process({"LOCAL_RANK": "1"}) and not is_first_process({"LOCAL_RANK": "0", "NODE_RANK": "1"})
