@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .bounds import SOUND_RTOL, sound_spectral_norm
+from .bounds import SOUND_RTOL, SoundBound, sound_bound
 from .activations import MinMax
 from .layers import LipschitzDense, LipschitzLinear, tracked_layers
 from .precision import require_ieee
@@ -164,9 +164,16 @@ class GloroNet(nn.Module):
         return margin_lipschitz(self.sub_lipschitz(), self.layers[-1].weight)
 
     @torch.no_grad()
-    def k_ij_sound(self) -> torch.Tensor:
-        """Provable margin bounds in float64 (``bounds.sound_spectral_norm`` per layer). ``[m, m]``."""
-        sub = torch.tensor([sound_spectral_norm(layer) for layer in self.layers[:-1]], dtype=torch.float64).prod()
+    def sound_bounds(self) -> list[SoundBound]:
+        """Every tracked layer's provable norm bound and its method (``bounds.sound_bound``); seconds
+        on large layers, so compute it once and pass it to ``k_ij_sound`` and ``global_lipschitz``."""
+        return [sound_bound(layer) for layer in self.layers]
+
+    @torch.no_grad()
+    def k_ij_sound(self, bounds: list[SoundBound] | None = None) -> torch.Tensor:
+        """Provable margin bounds in float64, from ``bounds`` (default: computed now). ``[m, m]``."""
+        bounds = [sound_bound(layer) for layer in self.layers[:-1]] if bounds is None else bounds[:-1]
+        sub = torch.tensor([bound.value for bound in bounds], dtype=torch.float64).prod()
         # the last factor covers the float64 rounding of the row-difference norms
         return margin_lipschitz(sub, self.layers[-1].weight.double()) * (1 + SOUND_RTOL)
 
@@ -178,10 +185,12 @@ class GloroNet(nn.Module):
         raise ValueError(f"unknown bound {bound!r}; expected 'power' or 'sound'")
 
     @torch.no_grad()
-    def global_lipschitz(self, bound: Bound = "power") -> float:
-        """Upper bound on f's global L2 Lipschitz constant: the product of all layers' norms."""
+    def global_lipschitz(self, bound: Bound = "power", bounds: list[SoundBound] | None = None) -> float:
+        """Upper bound on f's global L2 Lipschitz constant: the product of all layers' norms (the
+        provable ones from ``bounds``, default computed now, for ``bound="sound"``)."""
         if bound == "sound":
-            return float(torch.tensor([sound_spectral_norm(layer) for layer in self.layers], dtype=torch.float64).prod())
+            bounds = self.sound_bounds() if bounds is None else bounds
+            return float(torch.tensor([b.value for b in bounds], dtype=torch.float64).prod()) * (1 + SOUND_RTOL)
         return float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
 
     @torch.no_grad()

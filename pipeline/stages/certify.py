@@ -68,6 +68,8 @@ def certify(params, experiment) -> int:
         metrics |= {"epoch": lipschitz["epoch"], "lipschitz_global_ub": max(map(max, lipschitz["K"])),
                     "lipschitz_global_ub_sound": max(map(max, lipschitz["K_sound"])),
                     "lipschitz_layer_product": lipschitz["global_ub"],
+                    "layer_bounds": [{key: layer[key] for key in ("layer", "method", "sound_over_power")}
+                                     for layer in lipschitz["layers"]],
                     "export_mismatches": export_mismatches(directory, f, lipschitz | bounds, x, experiment.eps_test)}
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
