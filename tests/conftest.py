@@ -1,6 +1,11 @@
 """Shared fixtures: the digits data, the shared MNIST files, and a measurement report."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,28 @@ def mnist_dir():
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"genuine MNIST files not found in {SHARED_MNIST}")
     return SHARED_MNIST
+
+
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The 0-based epoch a Lightning checkpoint was saved at; -1 while it is missing or half-written."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:
+        return -1
+
+
+def train_and_kill(folder: Path, env: dict, experiment: str = "tiny") -> int:
+    """Start ``pipeline.stages.train`` in ``folder``, kill -9 it (every process it started) once
+    ``last.ckpt`` holds an epoch, and return that epoch."""
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", experiment], cwd=folder, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = folder / "models" / experiment / "train" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while checkpoint_epoch(last) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return checkpoint_epoch(last)
 
 
 def tiny_params(epochs: int = 3) -> dict:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline import certify
 from pipeline.artifacts import build_gloro, export_converged

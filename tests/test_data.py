@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 import pickle
-import shutil
 import tarfile
 import zipfile
 

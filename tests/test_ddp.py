@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_params
+from conftest import checkpoint_epoch, tiny_params, train_and_kill
 
 from pipeline.hardware import Hardware, HardwareError, is_first_process
 from pipeline.stages import dataset, prepare
@@ -97,28 +95,13 @@ def test_two_processes_train_as_one(tmp_path, report):
 def test_ddp_training_resumes_after_kill_9(tmp_path):
     folder = _project(tmp_path / "p", epochs=40, loss="0.1,2.0,40")
     _run(folder, 2, "-m", "pipeline.stages.warmup", "tiny")
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=folder, env=_env(2),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    last = folder / "models/tiny/train/last.ckpt"
-    deadline = time.monotonic() + 240
-    while _epoch_of(last) < 1 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # kill -9 every rank
-    process.wait()
-    killed_at = _epoch_of(last)
+    killed_at = train_and_kill(folder, _env(2))  # kill -9 every rank
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
     result = _run(folder, 2, "-m", "pipeline.stages.train", "tiny")
     assert "resuming tiny" in result.stdout
     summary = json.loads((folder / "results/training/tiny.json").read_text())
     assert summary["resumed"] and summary["processes"] == 2 and len(summary["epoch_seconds"]) == 40
-    assert _epoch_of(last) == 39 and not (folder / "models/tiny/set_aside").exists()
-
-
-def _epoch_of(checkpoint: Path) -> int:
-    try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
-    except Exception:
-        return -1
+    assert checkpoint_epoch(folder / "models/tiny/train/last.ckpt") == 39 and not (folder / "models/tiny/set_aside").exists()
 
 
 def test_a_batch_the_processes_cannot_share_is_refused(tmp_path):

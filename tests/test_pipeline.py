@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_params
+from conftest import checkpoint_epoch, tiny_params, train_and_kill
 
 from pipeline import certify as user_certify
 from pipeline.artifacts import load_gloro
@@ -91,37 +87,22 @@ def test_every_stage_writes_its_outputs(workdir):
     assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 2
 
 
-def _epoch_of(checkpoint: Path) -> int:
-    try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
-    except Exception:
-        return -1
-
-
 def test_killed_training_resumes_from_last_checkpoint(workdir):
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=40)))
     assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=workdir, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = workdir / "models/tiny/train/last.ckpt"
-    deadline = time.monotonic() + 120
-    while _epoch_of(last) < 1 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)  # kill -9 mid-training
-    process.wait()
-    killed_at = _epoch_of(last)
+    killed_at = train_and_kill(workdir, os.environ | {"PYTHONPATH": str(ROOT)})  # kill -9 mid-training
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
     assert train.main(["tiny"]) == 0
     summary = json.loads((workdir / "results/training/tiny.json").read_text())
     assert summary["resumed"] and summary["epochs"] == 40
     assert len(summary["epoch_seconds"]) == 40, "epochs before the kill are kept, not retrained"
-    assert _epoch_of(last) == 39
+    assert checkpoint_epoch(last) == 39
 
     # Finished: the same command now starts over (e.g. after a code change DVC re-runs it), never skips,
     # and the finished run is kept aside, not deleted.
     assert train.main(["tiny"]) == 0
     assert not json.loads((workdir / "results/training/tiny.json").read_text())["resumed"]
     (aside,) = (workdir / "models/tiny/set_aside").iterdir()
-    assert aside.name.endswith("-epoch40") and _epoch_of(aside / "last.ckpt") == 39
+    assert aside.name.endswith("-epoch40") and checkpoint_epoch(aside / "last.ckpt") == 39
     assert "finished all 40 epochs" in json.loads((aside / "why.json").read_text())["reason"][0]

@@ -36,7 +36,7 @@ def test_float32_provable_certificate_refuses_reduced_precision(tf32_everywhere)
         net.certify(x, bound="sound")
     with ieee_arithmetic():
         assert reduced_precision_flags() == [] and not torch.backends.cudnn.enabled
-        certified = net.certify(x, bound="sound").certified
+        assert net.certify(x, bound="sound").certified.dtype == torch.bool
     assert "torch.backends.mkldnn.matmul=tf32" in reduced_precision_flags("cpu"), "the user's setting is restored"
     assert torch.backends.cudnn.enabled
     # float64 does not depend on the float32 modes: on the CPU it runs, and agrees, under the TF32 setting
