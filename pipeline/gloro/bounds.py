@@ -1,13 +1,14 @@
 """Spectral norms of tracked layers: exact (small layers, for tests) and provable upper bounds.
 
 Power iteration approaches a layer's norm from below, so its converged value is an estimate.
-``sound_bound`` gives a provable upper bound instead, the smaller of two where both apply:
+``sound_bound`` gives a provable upper bound instead, by one of two methods:
 
 * **near-exact** (dense layers, and convs whose operator has at most ``EXACT_MAX_SIDE`` on its
   smaller side and ``EXACT_MAX_ENTRIES`` entries): the operator materialised in float64 (exactly:
   each entry is one weight, see ``operator_matrix``), its Gram matrix on the smaller side, and a
-  rigorous bound on the largest eigenvalue of that Gram matrix, ``rigorous_sigma_max``;
-* **circular** (convs; SAME zero padding, any stride): the layer is rewritten as a stride-1
+  rigorous bound on the largest eigenvalue of that Gram matrix, ``rigorous_sigma_max``. It is
+  within about 1e-11 of the exact norm, so always below the circular bound (widened by 1e-6);
+* **circular** (larger convs; SAME zero padding, any stride): the layer is rewritten as a stride-1
   convolution of the polyphase (space-to-depth) decomposition of the zero-padded input. That map
   is a restriction of a circular convolution on any grid large enough that no kept output wraps,
   composed with an isometric embedding, so its norm is at most the circular convolution's, which
@@ -28,7 +29,7 @@ from .layers import LipschitzConv2d, LipschitzDense, LipschitzLinear
 SOUND_RTOL = 1e-6
 EXACT_MAX_SIDE = 2048  # the Gram matrix's side: the near-exact bound costs about 13 side^3 flops
 EXACT_MAX_ENTRIES = 2 ** 26  # the materialised conv operator: 512 MiB in float64
-CIRCULAR_GRIDS = 8  # grid sizes tried for the circular bound, from the smallest valid one up
+CIRCULAR_GRIDS = 4  # grid sizes tried for the circular bound, from the smallest valid one up
 UNIT_ROUNDOFF = 2.0 ** -53  # float64
 ROUND_UP = 1 + 2.0 ** -48  # covers the rounding of a few float64 operations on nonnegative values
 
@@ -166,16 +167,14 @@ def _materialisable(layer: LipschitzLinear) -> bool:
 
 
 def sound_bound(layer: LipschitzLinear) -> SoundBound:
-    """The tightest provable upper bound on the layer's spectral norm that applies, and its method."""
+    """The tightest provable upper bound on the layer's spectral norm, and its method: near-exact
+    where the operator can be materialised, else the circular bound."""
     if not isinstance(layer, (LipschitzDense, LipschitzConv2d)):
         raise TypeError(f"no sound spectral-norm bound for layer type {type(layer).__name__}")
-    candidates = []
     if _materialisable(layer):
         matrix = layer.weight.detach().double() if isinstance(layer, LipschitzDense) else operator_matrix(layer)
-        candidates.append(SoundBound(rigorous_sigma_max(matrix), "near-exact"))
-    if isinstance(layer, LipschitzConv2d):
-        candidates.append(SoundBound(conv_norm_upper_bound(layer, CIRCULAR_GRIDS) * (1 + SOUND_RTOL), "circular"))
-    return min(candidates, key=lambda bound: bound.value)
+        return SoundBound(rigorous_sigma_max(matrix), "near-exact")
+    return SoundBound(conv_norm_upper_bound(layer, CIRCULAR_GRIDS) * (1 + SOUND_RTOL), "circular")
 
 
 def sound_spectral_norm(layer: LipschitzLinear) -> float:
