@@ -16,7 +16,6 @@ refuses to run otherwise; ``precision.ieee_arithmetic()`` provides both.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .activations import MinMax

@@ -101,8 +101,8 @@ class GloroModule(L.LightningModule):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         self.log("train/sec_per_epoch", self.epoch_seconds[-1])
         if self.device.type == "cuda":
-            self.memory_mb_per_instance = (torch.cuda.max_memory_allocated(self.device)
-                                           / self.experiment.training.batch_size / MB)
+            per_device = self.experiment.training.batch_size / self.trainer.world_size
+            self.memory_mb_per_instance = torch.cuda.max_memory_allocated(self.device) / per_device / MB
         self.log("train/mem_mb_per_instance", self.memory_mb_per_instance)
 
     def on_validation_epoch_start(self) -> None:

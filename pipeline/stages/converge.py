@@ -3,8 +3,8 @@
     python -m pipeline.stages.converge <experiment>
 
 For ``best`` (selected on the validation split) and ``last``: runs every layer's power iteration
-until the estimate changes by less than ``converge_tol`` (relative), computes the provable
-per-layer bounds, and writes ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``,
+until the estimate's remaining rise is below ``converge_tol`` (relative; see
+``LipschitzLinear.converge``), computes the provable per-layer bounds, and writes ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``,
 ``lipschitz.json`` (see ``pipeline.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
 device in IEEE float32; the provable bounds and the export run on the CPU in float64, so they are
 the same whatever machine converged the model.
