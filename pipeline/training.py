@@ -74,6 +74,7 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
     if trainer.is_global_zero:
         os.replace(partial, checkpoint)
+    trainer.strategy.barrier("warm-up checkpoint in place")  # no rank reads it before it is there
     return checkpoint
 
 

@@ -65,8 +65,8 @@ def _largest_difference(a: dict, b: dict, iterates: bool = False) -> float:
 
 def test_two_processes_train_as_one(tmp_path, report):
     """Same global batch (256 = 2 x 128): one warm-up epoch (5 steps of cross-entropy, the last one
-    split 88/87) must match to rounding; after the robust epochs (10 more steps) power iteration
-    amplifies rounding, so DDP is compared with the spread that a second CPU thread alone causes."""
+    split 88/87) and two robust epochs (10 more steps, power iteration in every one) match one
+    process to rounding; the spread a second CPU thread alone causes is reported beside it."""
     runs = {n: _project(tmp_path / f"p{n}", warmup=1, epochs=2, loss="0.1,2.0,2") for n in ("1", "2", "1x2")}
     for n, folder in runs.items():
         _run(folder, int(n[0]), str(DRIVER), threads=2 if n == "1x2" else 1)
@@ -76,7 +76,7 @@ def test_two_processes_train_as_one(tmp_path, report):
     warm_diff = _largest_difference(warm["1"], warm["2"])
     assert warm_diff <= 1e-6 * scale, f"after the warm-up, DDP weights differ from one process's by {warm_diff:.3g}"
     diff, floor = _largest_difference(last["1"], last["2"]), _largest_difference(last["1"], last["1x2"])
-    assert diff <= 1e-3 * scale, f"DDP weights differ from one process's by {diff:.3g} (largest weight {scale:.3g})"
+    assert diff <= 1e-5 * scale, f"DDP weights differ from one process's by {diff:.3g} (largest weight {scale:.3g})"
     iterates = [torch.load(runs["2"] / f"iterates.rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(iterates[0][k], iterates[1][k]) for k in iterates[0]), "iterates differ between ranks"
     metrics = {n: json.loads((runs[n] / "metrics.rank0.json").read_text()) for n in ("1", "2")}
