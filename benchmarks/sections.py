@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.gloro import trades_loss
+from pipeline.gloro import step_loss
 from pipeline.gloro.lower_bounds import global_lower_bound
 from pipeline.measure import inference_mb_per_instance
 
@@ -41,7 +41,7 @@ def cert_row(w: Workload, repeats: int) -> dict:
     """Certification throughput (power and provable bound) as a fraction of plain inference's."""
     times = interleaved({"plain": w.inference, "certify": w.certifier()}, repeats, w.x.device)
     # a loop of its own: the float64 copies it allocates slow down whatever runs right after them
-    sound = interleaved({"plain": w.inference, "sound": w.sound_certifier()}, repeats, w.x.device)
+    sound = interleaved({"plain": w.inference, "sound": w.certifier("sound")}, repeats, w.x.device)
     ratio = 1 / median_ratio(times, "certify", "plain")
     return {"inference_ms": median_ms(times, "plain"), "certify_ms": median_ms(times, "certify"),
             "cert_throughput_ratio": ratio, "cert_goal": CERT_GOAL, "cert_met": ratio >= CERT_GOAL,
@@ -147,6 +147,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
     from pipeline.hardware import Hardware
     from pipeline.lit.datamodule import ArraysDataModule
     from pipeline.lit.module import GloroModule
+    from pipeline.lit.costs import training_costs
     from pipeline.training import build_trainer
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one fit per repeat: keep it quiet
@@ -171,7 +172,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
                 trainer = build_trainer(1, False, Hardware(device.type), training.batch_size, limit_val_batches=0,
                                         enable_checkpointing=False, enable_progress_bar=False)
                 trainer.fit(module, data)
-                return module.epoch_seconds[-1]
+                return training_costs(trainer).epoch_seconds[-1]
 
             lightning_epoch()  # warm-up; also loads the arrays onto the device
             x_all, y_all = data.tensors["train"]
@@ -181,7 +182,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
 
             def bare_passes() -> None:
                 for x, y in prepared:
-                    loss = trades_loss(bare(x, eps=settings.eps), y, settings.lam)
+                    loss = step_loss(bare, x, y, settings.eps, settings.lam).loss
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()

@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from typing import Callable
 
 import torch
 
-from pipeline.measure import synchronise
+from pipeline import measure
 
 
 def timed(work: Callable[[], object], device: torch.device, calls: int = 1) -> float:
     """Seconds per call of ``work``, averaged over ``calls`` calls, queued GPU work included."""
-    synchronise(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        work()
-    synchronise(device)
-    return (time.perf_counter() - start) / calls
+    return measure.timed(lambda: [work() for _ in range(calls)], device)[1] / calls
 
 
 def interleaved(workloads: dict[str, Callable[[], object]], repeats: int, device: torch.device,

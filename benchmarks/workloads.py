@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from pipeline.gloro import GloroNet, build_network, trades_loss
-from pipeline.gloro.model import certify_float64, certify_logits
+from pipeline.exported import ExportedModel
+from pipeline.gloro import GloroNet, build_network, step_loss
 from pipeline.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
 
 # architecture -> (input shape of its dataset, classes)
@@ -59,10 +58,10 @@ class Workload:
         self.optimiser.step()
 
     def plain_loss(self) -> torch.Tensor:
-        return F.cross_entropy(self.net.f(self.x), self.y)
+        return step_loss(self.net, self.x, self.y, None).loss
 
     def gloro_loss(self) -> torch.Tensor:
-        return trades_loss(self.net(self.x), self.y, TRADES_LAMBDA)
+        return step_loss(self.net, self.x, self.y, EPS, TRADES_LAMBDA).loss
 
     def plain_step(self) -> None:
         """Standard training: cross-entropy on f, backward, Adam."""
@@ -82,18 +81,12 @@ class Workload:
         self.net.eval()
         return self.net.f(self.x)
 
-    def certifier(self):
-        """Certification as the pipeline runs it: the margin bounds K computed once, after training
-        (``lipschitz.json``); each call is then one forward pass and the margin test."""
+    def certifier(self, bound: str = "power"):
+        """Certification as the pipeline runs it: the bounds computed once, after training (the
+        exported ``lipschitz.json``); each call is then one forward pass and the margin test."""
         self.net.eval()
-        k_ij = self.net.margin_bounds().detach()
-        return torch.no_grad()(lambda: certify_logits(self.net.f(self.x), k_ij, self.net.eps))
-
-    def sound_certifier(self):
-        """The provable certificate's per-batch call, with K_sound and the rounding bound computed once."""
-        self.net.eval()
-        k_sound, rounding = self.net.k_ij_sound(), self.net.rounding(torch.float64)
-        return lambda: certify_float64(self.net.f, self.x, k_sound, self.net.eps, rounding)
+        exported = ExportedModel.of(self.net).to(self.x.device)
+        return lambda: exported.certify(self.x, bound=bound)
 
     def training_mb_per_instance(self, loss_of) -> float:
         """Appendix E per-instance memory of one training step (see ``pipeline.measure``)."""

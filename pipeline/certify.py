@@ -14,7 +14,7 @@ and the margins are reduced by its rounding bound.
 
 Every input is checked before any work; a bad one exits 2 with a message saying what was found
 and what is expected, and nothing is written. Runs on the ``GLORO_ACCELERATOR`` device (default:
-a CUDA GPU when there is one), in IEEE arithmetic with cuDNN off (``pipeline.gloro.ieee_arithmetic``).
+a CUDA GPU when there is one), in IEEE arithmetic (``pipeline.exported.ExportedModel.certify``).
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import ExportError, load_exported
-from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
-from pipeline.gloro.precision import ieee_arithmetic
+from pipeline.exported import ExportedModel, ExportError
+from pipeline.gloro.model import BOUNDS
 from pipeline.hardware import Hardware, HardwareError
 from pipeline.io import atomic_open
 
@@ -147,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-value", type=_positive_int, default=None,
                         help="uint8 inputs are divided by this (default 255; 16 for scikit-learn's digits)")
     parser.add_argument("--eps", type=_positive_float, default=None, help="L2 radius (default: the model's eps)")
-    parser.add_argument("--bound", choices=("power", "sound"), default="sound",
+    parser.add_argument("--bound", choices=BOUNDS, default="sound",
                         help="sound (default): provable K, float64 forward pass with its rounding error bounded; "
                              "power: the paper's certificate, K from converged power iteration, float32")
     parser.add_argument("--out", type=Path, required=True, help="output CSV (its folder must exist)")
@@ -159,23 +158,16 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         out = checked_output(args.out)
-        f, lipschitz = load_exported(model_folder(args.model))
+        model = ExportedModel.load(model_folder(args.model))
         x, y = read_arrays(args.input, args.x_key, args.y_key)
-        x = scaled_inputs(x, lipschitz["input_shape"], args.max_value, f"--input {args.input}: {args.x_key}")
-        y = checked_labels(y, len(x), lipschitz["num_classes"], f"--input {args.input}: {args.y_key}")
+        x = scaled_inputs(x, model.input_shape, args.max_value, f"--input {args.input}: {args.x_key}")
+        y = checked_labels(y, len(x), model.num_classes, f"--input {args.input}: {args.y_key}")
         device = Hardware.from_env().device()
     except (InputError, ExportError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    eps = lipschitz["eps"] if args.eps is None else args.eps
-    f, x = f.to(device), x.to(device)
-    with ieee_arithmetic():
-        if args.bound == "sound":  # provable: float64 forward pass, its rounding bounded, provable K
-            cert = certify_float64(f, x, torch.tensor(lipschitz["K_sound"], device=device), eps,
-                                   torch.tensor(lipschitz["rounding_float64"], device=device), args.batch_size)
-        else:  # the paper's certificate: float32, converged power iteration
-            cert = certify_logits(batched_logits(f, x, args.batch_size), torch.tensor(lipschitz["K"], device=device),
-                                  eps)
+    eps = model.eps if args.eps is None else args.eps
+    cert = model.to(device).certify(x.to(device), eps, args.bound, args.batch_size)
     prediction, certified, radius = (t.tolist() for t in (cert.prediction, cert.certified, cert.radius))
     with atomic_open(out, "w") as handle:
         handle.write("index,prediction,certified,radius" + (",label\n" if y is not None else "\n"))

@@ -1,24 +1,23 @@
 """Certification of a test set: clean accuracy, attack accuracy, VRA under both bounds, cost, and
 the paper's statements checked on the actual outputs (Theorem 4, Lemma 1, Theorem 2).
 
-Works on any logit network f (e.g. the exported ``model.pt2``) and margin bounds K, so the numbers
-are those an outsider gets from the exported files. Runs on the device of ``x`` (f and K must be
-there too), with every tensor it builds made there; float32 in IEEE precision, and the provable
-certificate inside ``ieee_arithmetic``.
+Works on an ``ExportedModel`` (e.g. one loaded from ``model.pt2`` and ``lipschitz.json``), so the
+numbers are those an outsider gets from the exported files. Runs on the device of ``x`` (the model
+must be there too), with every tensor it builds made there, in IEEE float32 (and float64).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from pipeline.exported import ExportedModel
 from pipeline.gloro.attacks import apgd_l2, pgd_l2
+from pipeline.gloro.model import Certificate, batched_logits, certify_logits
+from pipeline.gloro.precision import float32_precision
 from pipeline.hardware import describe
-from pipeline.gloro.model import Certificate, batched_logits, certify_float64, certify_logits
-from pipeline.gloro.precision import float32_precision, ieee_arithmetic
-from pipeline.measure import inference_mb_per_instance, synchronise
+from pipeline.measure import inference_mb_per_instance, timed
 
 
 THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound", "lemma1_violations",
@@ -80,41 +79,31 @@ def radius_curve(certificate: Certificate, labels: torch.Tensor, radii: torch.Te
     return (correct[:, None] & (certificate.radius[:, None] >= radii[None])).float().mean(dim=0).tolist()
 
 
-def certify_test_set(f: torch.nn.Module, k: torch.Tensor, k_sound: torch.Tensor, rounding_float64: torch.Tensor,
-                     eps: float, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, seed: int = 0,
+def certify_test_set(model: ExportedModel, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings, seed: int = 0,
                      batch_size: int = 1000) -> dict:
-    """All certification metrics of f on (x, y) at radius eps, with the theorem checks' counts.
+    """All certification metrics of the model on (x, y) at its radius eps, with the theorem checks' counts.
 
-    ``vra`` is the paper's certificate: float32 logits against ``k`` (power iteration).
-    ``vra_sound`` is provable: float64 logits against ``k_sound``, margins reduced by the
-    forward pass's rounding bound ``rounding_float64``.
+    ``vra`` is the paper's certificate (the ``power`` bound: float32 logits against K from power
+    iteration). ``vra_sound`` is provable (the ``sound`` bound: float64 logits against K_sound,
+    margins reduced by the forward pass's rounding bound).
 
     Theorem 4: no certified point is broken by the attack (power and sound bounds). Lemma 1: no
     two certified points with different predictions lie within 2 eps. Theorem 2: points within
     eps that are both certified at eps/2 get the same prediction.
 
     Shape:
-        ``x [N, C, H, W]`` in [0, 1], ``y [N]``, ``k``/``k_sound`` ``[m, m]``.
+        ``x [N, C, H, W]`` in [0, 1], ``y [N]``.
     """
     with float32_precision("ieee"):
-        return _certify_test_set(f, k, k_sound, rounding_float64, eps, x, y, attack, seed, batch_size)
+        return _certify_test_set(model, x, y, attack, seed, batch_size)
 
 
-def _timed(work: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    """``work()`` and its seconds, queued GPU work included."""
-    synchronise(device)
-    start = time.perf_counter()
-    result = work()
-    synchronise(device)
-    return result, time.perf_counter() - start
-
-
-def _certify_test_set(f, k, k_sound, rounding_float64, eps, x, y, attack, seed, batch_size) -> dict:
-    logits, plain_seconds = _timed(lambda: batched_logits(f, x, batch_size), x.device)  # the baseline
-    cert, cert_seconds = _timed(lambda: certify_logits(batched_logits(f, x, batch_size), k, eps), x.device)
-    with ieee_arithmetic():
-        sound = certify_float64(f, x, k_sound, eps, rounding_float64, batch_size)
-    half = certify_logits(logits, k, eps / 2)
+def _certify_test_set(model: ExportedModel, x, y, attack, seed, batch_size) -> dict:
+    f, eps = model.f, model.eps
+    logits, plain_seconds = timed(lambda: batched_logits(f, x, batch_size), x.device)  # the baseline
+    cert, cert_seconds = timed(lambda: model.certify(x, bound="power", batch_size=batch_size), x.device)
+    sound = model.certify(x, bound="sound", batch_size=batch_size)
+    half = certify_logits(logits, model.k, eps / 2)
     correct = cert.prediction == y
     # attack the predicted label: accuracy under attack on correct points, and Theorem 4 on certified ones
     fooled = attack_fools(f, x, cert.prediction, eps, attack, seed)

@@ -8,8 +8,9 @@ tensor the forward pass creates (an upper bound on what it holds at once). Both 
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 MB = 2 ** 20
+T = TypeVar("T")
 
 
 @contextmanager
@@ -65,12 +67,21 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(work: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """``work()`` and its seconds, queued GPU work included."""
+    synchronise(device)
+    start = time.perf_counter()
+    result = work()
+    synchronise(device)
+    return result, time.perf_counter() - start
+
+
 def cuda_peak_mb_per_instance(work: Callable[[], object], batch_size: int, device: torch.device) -> float:
     """Peak CUDA memory allocated while ``work()`` runs, per instance, in MB."""
-    torch.cuda.synchronize(device)
+    synchronise(device)
     torch.cuda.reset_peak_memory_stats(device)
     work()
-    torch.cuda.synchronize(device)
+    synchronise(device)
     return torch.cuda.max_memory_allocated(device) / batch_size / MB
 
 

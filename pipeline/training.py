@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pipeline.config import Experiment, Params
 from pipeline.gloro.precision import float32_precision
 from pipeline.hardware import Hardware, describe, is_first_process
+from pipeline.lit.costs import TrainingCosts, training_costs
 from pipeline.lit.datamodule import ArraysDataModule, per_device_batch
 from pipeline.lit.module import GloroModule
 from pipeline.io import file_digest, write_json
@@ -39,11 +40,13 @@ def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataMo
                             val_fraction=experiment.data.val_fraction, seed=training.seed)
 
 
-def build_trainer(max_epochs: int, logger, hardware: Hardware, batch_size: int, **kwargs) -> L.Trainer:
+def build_trainer(max_epochs: int, logger, hardware: Hardware, batch_size: int, callbacks: tuple = (),
+                  **kwargs) -> L.Trainer:
     """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes
-    buffers) on ``hardware``; refuses a ``batch_size`` its processes cannot share evenly."""
+    buffers, ``TrainingCosts`` measured) on ``hardware``; refuses a ``batch_size`` its processes cannot share evenly."""
     trainer = L.Trainer(max_epochs=max_epochs, logger=logger, num_sanity_val_steps=0, inference_mode=False,
-                        log_every_n_steps=1, enable_model_summary=False, **hardware.trainer_kwargs(), **kwargs)
+                        log_every_n_steps=1, enable_model_summary=False, callbacks=[TrainingCosts(), *callbacks],
+                        **hardware.trainer_kwargs(), **kwargs)
     per_device_batch(batch_size, trainer.world_size)
     return trainer
 
@@ -147,12 +150,13 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
         return None
     best_epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"] + 1
     warmup = experiment.training.warmup
-    seconds = module.epoch_seconds[warmup:] or module.epoch_seconds
+    costs = training_costs(trainer)
+    seconds = costs.epoch_seconds[warmup:] or costs.epoch_seconds
     return {"experiment": experiment.name, "epochs": total, "warmup": warmup,
             "best_epoch": best_epoch, "selection": experiment.selection_metric,
             "best_val": float(best.best_model_score), "resumed": bool(resume),
-            "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": module.epoch_seconds,
-            "mem_mb_per_instance": module.memory_mb_per_instance,
+            "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": costs.epoch_seconds,
+            "mem_mb_per_instance": costs.mem_mb_per_instance,
             "validation_split": data.split, "train_size": len(data.tensors["train"][0]),
             "device": describe(trainer.strategy.root_device), "processes": trainer.world_size,
             "per_device_batch": per_device_batch(experiment.training.batch_size, trainer.world_size),

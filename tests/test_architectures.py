@@ -25,7 +25,7 @@ def test_paper_architectures(name, shape, classes, widths):
 
 def test_2c2f_feature_map_sizes():
     convs = [l for l in tracked_layers(build_network("2C2F", (1, 28, 28), 10)) if isinstance(l, LipschitzConv2d)]
-    assert [c.output_size for c in convs] == [(14, 14), (7, 7)]
+    assert [c.output_shape[1:] for c in convs] == [(14, 14), (7, 7)]
 
 
 def test_custom_spec_and_activation_placement():

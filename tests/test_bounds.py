@@ -5,9 +5,9 @@ import statistics
 import pytest
 import torch
 
-from pipeline.gloro import bounds
+from pipeline.gloro import layers
 from pipeline.gloro.bounds import (SOUND_RTOL, conv_norm_upper_bound, exact_spectral_norm, polyphase_kernel,
-                                   rigorous_sigma_max, sound_bound, sound_spectral_norm)
+                                   rigorous_sigma_max)
 from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense
 
 
@@ -28,7 +28,7 @@ def random_layers(count: int, seed: int = 0):
 def test_sound_bound_is_never_below_exact_norm_nor_above_the_circular_bound(report):
     ratios: dict[str, list[float]] = {}
     for kind, layer in random_layers(150):
-        exact, sound = exact_spectral_norm(layer), sound_bound(layer)
+        exact, sound = exact_spectral_norm(layer), layer.sound_bound()
         assert sound.value >= exact, f"{layer}: sound bound {sound} < exact norm {exact}"
         if isinstance(layer, LipschitzConv2d):
             circular = conv_norm_upper_bound(layer) * (1 + SOUND_RTOL)  # the bound before the near-exact one
@@ -42,10 +42,10 @@ def test_sound_bound_is_never_below_exact_norm_nor_above_the_circular_bound(repo
 
 def test_circular_bound_alone_stays_above_exact_norm(monkeypatch):
     """Layers too large to materialise get the circular bound, the smallest over several grids."""
-    monkeypatch.setattr(bounds, "EXACT_MAX_SIDE", 0)
+    monkeypatch.setattr(layers, "EXACT_MAX_SIDE", 0)
     for kind, layer in random_layers(60, seed=1):
         if isinstance(layer, LipschitzConv2d):
-            sound = sound_bound(layer)
+            sound = layer.sound_bound()
             assert sound.method == "circular" and sound.value >= exact_spectral_norm(layer)
             assert sound.value <= conv_norm_upper_bound(layer) * (1 + SOUND_RTOL)
 
@@ -74,7 +74,7 @@ def test_rigorous_sigma_max_on_hard_matrices():
 def test_sound_bound_on_mnist_sized_convs(size, report):
     """On the paper's 2C2F-sized layers the circular bound is close to the exact norm."""
     conv = LipschitzConv2d(1 if size == 28 else 16, 4, 4, 2, (size, size), generator=torch.Generator().manual_seed(4))
-    exact, sound = exact_spectral_norm(conv), sound_spectral_norm(conv)
+    exact, sound = exact_spectral_norm(conv), conv.sound_bound().value
     circular = conv_norm_upper_bound(conv) * (1 + SOUND_RTOL)
     assert exact <= sound <= circular < 1.5 * exact
     report(f"conv k4 s2 on {size}x{size}, bound / exact norm - 1: provable {sound / exact - 1:.1e}, "
@@ -88,8 +88,3 @@ def test_polyphase_kernel_reproduces_strided_conv():
     strided = torch.nn.functional.conv2d(x, w, stride=2)
     phases = x.reshape(1, 2, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(1, 8, 4, 4)
     assert torch.allclose(torch.nn.functional.conv2d(phases, polyphase_kernel(w, 2)), strided)
-
-
-def test_sound_bound_rejects_unknown_layers():
-    with pytest.raises(TypeError, match="no sound spectral-norm bound"):
-        sound_spectral_norm(torch.nn.Linear(2, 2))

@@ -27,7 +27,7 @@ def test_conv_output_size_and_adjoint(c_in, c_out, k, s, n):
     x = torch.randn(3, c_in, n, n, dtype=torch.float64)
     w = conv.weight.detach().double()
     y = conv.linear_map(x, w)
-    assert y.shape == (3, c_out, -(-n // s), -(-n // s)) and conv.output_size == y.shape[2:]
+    assert y.shape == (3, c_out, -(-n // s), -(-n // s)) and conv.output_shape == y.shape[1:]
     v = torch.randn_like(y)
     assert torch.allclose((y * v).sum(), (x * conv.adjoint_map(v, w)).sum(), rtol=1e-10)
 

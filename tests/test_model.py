@@ -56,7 +56,7 @@ def test_k_ij_is_attained_by_a_linear_network():
 def test_sound_margin_bounds_are_above_power_bounds():
     net = small_net()
     assert (net.k_ij_sound() >= net.k_ij().double()).all()
-    assert net.global_lipschitz("sound") >= net.global_lipschitz("power")
+    assert net.layer_product("sound") >= net.layer_product("power")
 
 
 def test_bottom_logit_uses_the_predicted_class():

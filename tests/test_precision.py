@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.evaluation import AttackSettings, certify_test_set
+from pipeline.exported import ExportedModel
 from pipeline.gloro import GloroNet, ReducedPrecisionError, build_network, float32_precision, ieee_arithmetic
 from pipeline.gloro.model import certify_float64
 from pipeline.gloro.precision import reduced_precision_flags
@@ -60,8 +61,7 @@ def test_certification_turns_reduced_precision_off_itself(tf32_everywhere):
     """A user who set TF32 globally still gets the IEEE certificates: the evaluation sets it per call."""
     net, x = _net(), torch.rand(64, 1, 28, 28)
     y = net.f(x).argmax(1)
-    metrics = certify_test_set(net.f, net.k_ij().detach(), net.k_ij_sound(), net.rounding(torch.float64), 0.3, x, y,
-                               AttackSettings(steps=2, restarts=1))
+    metrics = certify_test_set(ExportedModel.of(net), x, y, AttackSettings(steps=2, restarts=1))
     assert metrics["device"] == "cpu" and metrics["clean"] == 1.0
 
 
@@ -69,11 +69,10 @@ def test_certification_turns_reduced_precision_off_itself(tf32_everywhere):
 def test_cuda_certificates_match_the_cpu():
     net, x = _net(), torch.rand(256, 1, 28, 28)
     y = torch.randint(10, (256,))
-    k, k_sound, rounding = net.k_ij().detach(), net.k_ij_sound(), net.rounding(torch.float64)
-    cpu = certify_test_set(net.f, k, k_sound, rounding, 0.3, x, y, AttackSettings(steps=5, restarts=1))
+    model = ExportedModel.of(net)
+    cpu = certify_test_set(model, x, y, AttackSettings(steps=5, restarts=1))
     device = torch.device("cuda")
-    gpu = certify_test_set(net.f.to(device), k.to(device), k_sound.to(device), rounding.to(device), 0.3, x.to(device),
-                           y.to(device), AttackSettings(steps=5, restarts=1))
+    gpu = certify_test_set(model.to(device), x.to(device), y.to(device), AttackSettings(steps=5, restarts=1))
     assert gpu["device"].startswith("cuda")
     assert gpu["certified_sound"] == cpu["certified_sound"] and abs(gpu["certified"] - cpu["certified"]) <= 1
     assert gpu["theorem4_certified_broken"] == gpu["theorem4_certified_broken_sound"] == 0
@@ -88,3 +87,14 @@ def test_cuda_provable_path_refuses_cudnn_and_tf32():
         exact = net.f.double()(x.double())
         assert (net.f.float()(x) - exact).abs().max() <= 1e-4 * exact.abs().max()  # IEEE float32, not TF32
         net.certify(x, bound="sound")
+
+
+@cuda
+def test_provable_bounds_of_a_cuda_net_are_computed_on_the_cpu():
+    """The same provable bounds and rounding bound whichever device holds the network."""
+    net = _net()
+    cpu = [b.value for b in net.sound_bounds()], net.k_ij_sound(), net.rounding(torch.float64)
+    net.cuda()
+    gpu = [b.value for b in net.sound_bounds()], net.k_ij_sound(), net.rounding(torch.float64)
+    assert cpu[0] == gpu[0] and torch.equal(cpu[1], gpu[1]) and torch.equal(cpu[2], gpu[2])
+    assert gpu[1].device.type == gpu[2].device.type == "cpu"

@@ -1,8 +1,36 @@
-"""1-Lipschitz activations: MinMax (Anil et al., 2019) and ReLU."""
+"""1-Lipschitz activations, MinMax (Anil et al., 2019) and ReLU, and what the bounds need of any
+module between the tracked layers.
+
+Each such module declares its L2 Lipschitz constant and how an elementwise bound on its input
+(its magnitude, or its rounding error) passes to its output: the attribute ``lipschitz`` and the
+method ``propagate_bound``. torch's ReLU, Flatten and Identity are accepted as they are: they are
+1-Lipschitz, and applied to a nonnegative bound they are exactly what propagates it.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+TORCH_ONE_LIPSCHITZ = (nn.ReLU, nn.Flatten, nn.Identity)
+
+
+def lipschitz_constant(module: nn.Module) -> float | None:
+    """The module's declared L2 Lipschitz constant, or None when it declares none."""
+    if isinstance(module, TORCH_ONE_LIPSCHITZ):
+        return 1.0
+    return getattr(module, "lipschitz", None)
+
+
+def propagate_bound(module: nn.Module, bound: torch.Tensor) -> torch.Tensor:
+    """An elementwise bound on the module's output magnitude or error, from one on its input's.
+
+    Assumes the module is computed exactly (true of the activations here: comparisons and copies).
+    """
+    if isinstance(module, TORCH_ONE_LIPSCHITZ):  # |relu(a)| <= |a|, |relu(a) - relu(b)| <= |a - b|
+        return module(bound)
+    if not hasattr(module, "propagate_bound"):
+        raise ValueError(f"no rounding model for {type(module).__name__}: give it propagate_bound")
+    return module.propagate_bound(bound)
 
 
 class _SortPairs(torch.autograd.Function):
@@ -46,6 +74,13 @@ class MinMax(nn.Module):
     Shape:
         ``[N, C, ...]`` -> ``[N, C, ...]`` with C even.
     """
+
+    lipschitz = 1.0
+
+    @staticmethod
+    def propagate_bound(bound: torch.Tensor) -> torch.Tensor:
+        """Both outputs of a pair take the larger bound of the pair: min and max move by at most that."""
+        return torch.maximum(*bound.chunk(2, dim=1)).repeat(1, 2, *[1] * (bound.dim() - 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % 2:

@@ -91,7 +91,7 @@ def build_network(arch: str, input_shape: tuple[int, int, int], num_classes: int
         if isinstance(layer, ConvSpec):
             conv = LipschitzConv2d(channels, layer.channels, layer.kernel, layer.stride, (h, w), init, generator)
             modules.append(conv)
-            channels, (h, w) = layer.channels, conv.output_size
+            channels, h, w = conv.output_shape
         else:
             if flat is None:
                 flat = channels * h * w

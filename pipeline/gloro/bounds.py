@@ -1,7 +1,8 @@
 """Spectral norms of tracked layers: exact (small layers, for tests) and provable upper bounds.
 
 Power iteration approaches a layer's norm from below, so its converged value is an estimate.
-``sound_bound`` gives a provable upper bound instead, by one of two methods:
+Each tracked layer's ``sound_bound()`` gives a provable upper bound instead, built from the
+methods here (which need only the layer's ``linear_map`` and shapes):
 
 * **near-exact** (dense layers, and convs whose operator has at most ``EXACT_MAX_SIDE`` on its
   smaller side and ``EXACT_MAX_ENTRIES`` entries): the operator materialised in float64 (exactly:
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import LipschitzConv2d, LipschitzDense, LipschitzLinear
-
 SOUND_RTOL = 1e-6
 EXACT_MAX_SIDE = 2048  # the Gram matrix's side: the near-exact bound costs about 13 side^3 flops
 EXACT_MAX_ENTRIES = 2 ** 26  # the materialised conv operator: 512 MiB in float64
@@ -42,8 +41,9 @@ class SoundBound:
     method: str  # "near-exact" or "circular"
 
 
-def operator_matrix(layer: LipschitzLinear) -> torch.Tensor:
-    """The layer's linear map (bias excluded) as a dense float64 matrix ``[out_dim, in_dim]``.
+def operator_matrix(layer) -> torch.Tensor:
+    """A tracked layer's linear map (bias excluded) as a dense float64 matrix ``[out_dim, in_dim]``,
+    on the CPU (the same on every machine).
 
     Materialises every column, so use it only on small layers. The entries are exact: applied to
     a basis vector, each output of a dense or convolutional map is a sum with at most one nonzero
@@ -52,11 +52,11 @@ def operator_matrix(layer: LipschitzLinear) -> torch.Tensor:
     in_dim = math.prod(layer.input_shape)
     basis = torch.eye(in_dim, dtype=torch.float64).reshape(in_dim, *layer.input_shape)
     with torch.no_grad():
-        columns = layer.linear_map(basis, layer.weight.detach().double())
+        columns = layer.linear_map(basis, layer.weight.detach().cpu().double())
     return columns.reshape(in_dim, -1).T
 
 
-def exact_spectral_norm(layer: LipschitzLinear) -> float:
+def exact_spectral_norm(layer) -> float:
     """The exact spectral norm of the layer's linear map, via SVD of the materialised operator."""
     return torch.linalg.matrix_norm(operator_matrix(layer), ord=2).item()
 
@@ -82,11 +82,11 @@ def polyphase_kernel(weight: torch.Tensor, stride: int) -> torch.Tensor:
     return blocks.permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * stride * stride, kq, kq)
 
 
-def conv_norm_upper_bound(layer: LipschitzConv2d, grids: int = 1) -> float:
-    """Provable upper bound on the norm of a zero-padded, strided conv (see module docstring): the
-    smallest circular-convolution norm over ``grids`` valid grid sizes, before widening."""
+def conv_norm_upper_bound(layer, grids: int = 1) -> float:
+    """Provable upper bound on the norm of a zero-padded, strided ``LipschitzConv2d`` (see module
+    docstring): the smallest circular-convolution norm over ``grids`` valid grid sizes, before widening."""
     s = layer.stride
-    kernel = polyphase_kernel(layer.weight.detach().double(), s)
+    kernel = polyphase_kernel(layer.weight.detach().cpu().double(), s)
     left, right, top, bottom = layer.padding
     _, h, w = layer.input_shape
     kq = kernel.shape[-1]
@@ -123,7 +123,7 @@ def _frobenius_up(m: torch.Tensor) -> float:
 
 def rigorous_sigma_max(a: torch.Tensor) -> float:
     """A rigorous upper bound on the largest singular value of the float64 matrix ``a``, within
-    about 1e-12 of it (relative), in about 13 k^3 flops plus a symmetric eigensolve of side k = min(a.shape).
+    about 1e-11 of it (relative), in about 13 k^3 flops plus a symmetric eigensolve of side k = min(a.shape).
 
     With G = a^T a (or a a^T, the smaller), ``||a||_2^2 = lambda_max(G)``:
 
@@ -156,27 +156,3 @@ def rigorous_sigma_max(a: torch.Tensor) -> float:
         raise ArithmeticError(f"eigenvectors far from orthonormal (||Q^T Q - I||_F <= {departure:.3g})")
     lam_s = max(lam_b, 0.0) / (1 - departure) * ROUND_UP
     return math.sqrt((lam_s + lam_s_slack) * ROUND_UP) * ROUND_UP
-
-
-def _materialisable(layer: LipschitzLinear) -> bool:
-    if isinstance(layer, LipschitzDense):
-        return True
-    in_dim = math.prod(layer.input_shape)
-    out_dim = layer.weight.shape[0] * math.prod(layer.output_size)
-    return min(in_dim, out_dim) <= EXACT_MAX_SIDE and in_dim * out_dim <= EXACT_MAX_ENTRIES
-
-
-def sound_bound(layer: LipschitzLinear) -> SoundBound:
-    """The tightest provable upper bound on the layer's spectral norm, and its method: near-exact
-    where the operator can be materialised, else the circular bound."""
-    if not isinstance(layer, (LipschitzDense, LipschitzConv2d)):
-        raise TypeError(f"no sound spectral-norm bound for layer type {type(layer).__name__}")
-    if _materialisable(layer):
-        matrix = layer.weight.detach().double() if isinstance(layer, LipschitzDense) else operator_matrix(layer)
-        return SoundBound(rigorous_sigma_max(matrix), "near-exact")
-    return SoundBound(conv_norm_upper_bound(layer, CIRCULAR_GRIDS) * (1 + SOUND_RTOL), "circular")
-
-
-def sound_spectral_norm(layer: LipschitzLinear) -> float:
-    """A provable upper bound on the layer's spectral norm (``sound_bound``'s value)."""
-    return sound_bound(layer).value

@@ -1,13 +1,13 @@
 """A minimal plain-PyTorch GloRo training loop, for users without Lightning and for tests.
 
-The project's pipeline trains through Lightning (``pipeline/lit``); this loop shows the core's
-contract in a few lines: schedules per epoch, GloRo forward, TRADES or CE, converge afterwards.
+The project's pipeline trains through Lightning (``pipeline/lit``); both call the same
+``losses.step_loss``, so this loop differs only in what Lightning adds (devices, checkpoints, logs).
 """
 from __future__ import annotations
 
 import torch
 
-from .losses import gloro_cross_entropy, trades_loss
+from .losses import step_loss
 from .model import GloroNet
 from .schedules import TrainingSchedule
 
@@ -29,12 +29,7 @@ def fit(net: GloroNet, x: torch.Tensor, y: torch.Tensor, schedule: TrainingSched
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             batch = order[start:start + batch_size]
-            xb, yb = x[batch], y[batch]
-            if not settings.robust:
-                loss = torch.nn.functional.cross_entropy(net.f(xb), yb)
-            else:
-                gloro = net(xb, eps=settings.eps)
-                loss = trades_loss(gloro, yb, settings.lam) if trades else gloro_cross_entropy(gloro, yb)
+            loss = step_loss(net, x[batch], y[batch], settings.eps if settings.robust else None, settings.lam, trades).loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

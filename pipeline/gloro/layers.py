@@ -1,10 +1,14 @@
 """Linear layers whose spectral norm is tracked by persistent power iteration.
 
-Each layer is a linear map A (bias excluded, it does not change the Lipschitz constant)
-with an adjoint A^T. The power-iteration iterate ``u`` is a buffer, so it is saved in the
-``state_dict`` and a checkpoint carries its converged state. Iterations run without
-gradient; ``lipschitz()`` computes ``||A u|| / ||u||`` with the current weights, so the
-gradient reaches the weights through that final norm only (as in the paper, Section 3).
+Each layer is a linear map A (bias excluded, it does not change the Lipschitz constant) and
+brings what the bounds need: ``linear_map`` and its adjoint ``adjoint_map`` (power iteration),
+``sound_bound`` (a provable norm bound) and ``abs_map`` (|A| v, for the rounding bound). A new
+Lipschitz layer is one ``LipschitzLinear`` subclass defining the two maps and ``forward``.
+
+The power-iteration iterate ``u`` is a buffer, so it is saved in the ``state_dict`` and a
+checkpoint carries its converged state. Iterations run without gradient; ``lipschitz()``
+computes ``||A u|| / ||u||`` with the current weights, so the gradient reaches the weights
+through that final norm only (as in the paper, Section 3).
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .bounds import (CIRCULAR_GRIDS, EXACT_MAX_ENTRIES, EXACT_MAX_SIDE, SOUND_RTOL, SoundBound, conv_norm_upper_bound,
+                     operator_matrix, rigorous_sigma_max)
 
 INITIALISERS = ("default", "orthogonal")
 CONVERGE_WINDOW = 32  # iterations between the estimates ``converge`` compares
@@ -45,9 +52,16 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 class LipschitzLinear(nn.Module):
-    """Base of the tracked layers: power iteration on ``A^T A`` with a persistent iterate."""
+    """Base of the tracked layers: power iteration on ``A^T A`` with a persistent iterate.
+
+    A subclass has a ``weight`` parameter and a ``bias`` (or None), registers its iterate with
+    ``_register_iterate`` and defines ``linear_map``, ``adjoint_map`` and ``forward``. The other
+    methods assume, as for dense and convolutional maps, that each entry of A's matrix is one
+    entry of the weight (or zero); a layer for which that is false overrides them.
+    """
 
     u: torch.Tensor
+    bias: torch.Tensor | None
 
     def _register_iterate(self, shape: tuple[int, ...], generator: torch.Generator | None) -> None:
         self.register_buffer("u", _unit(torch.randn(shape, generator=generator)))
@@ -64,6 +78,39 @@ class LipschitzLinear(nn.Module):
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input (without the batch dimension)."""
         return tuple(self.u.shape[1:])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one output (without the batch dimension)."""
+        meta = torch.empty(1, *self.input_shape, device="meta")
+        return tuple(self.linear_map(meta, self.weight.detach().to("meta")).shape[1:])
+
+    @property
+    def terms_per_output(self) -> int:
+        """The most products summed into one output, bias excluded (for the rounding bound)."""
+        return self.weight[0].numel()
+
+    def abs_map(self, v: torch.Tensor, bias: bool = False) -> torch.Tensor:
+        """``|A| v`` (plus ``|b|`` with ``bias``), A's matrix taken entrywise in absolute value, on v's device and dtype."""
+        out = self.linear_map(v, self.weight.detach().to(v).abs())
+        if bias and self.bias is not None:
+            out = out + self.bias.detach().to(v).abs().view(1, -1, *[1] * (out.dim() - 2))
+        return out
+
+    def materialisable(self) -> bool:
+        """Whether the operator is small enough for the near-exact bound (``bounds.EXACT_MAX_*``)."""
+        in_dim, out_dim = math.prod(self.input_shape), math.prod(self.output_shape)
+        return min(in_dim, out_dim) <= EXACT_MAX_SIDE and in_dim * out_dim <= EXACT_MAX_ENTRIES
+
+    @torch.no_grad()
+    def sound_bound(self) -> SoundBound:
+        """A provable upper bound on the norm, from the materialised operator (``bounds.rigorous_sigma_max``),
+        computed on the CPU in float64 so it is the same on every machine. Layers too large to
+        materialise need a bound of their own: override this."""
+        if not self.materialisable():
+            raise ValueError(f"{self!r}: too large for the near-exact bound and no other provable bound; "
+                             f"override sound_bound")
+        return SoundBound(rigorous_sigma_max(operator_matrix(self)), "near-exact")
 
     @torch.no_grad()
     def power_iterate(self, n: int) -> None:
@@ -136,6 +183,11 @@ class LipschitzDense(LipschitzLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    @torch.no_grad()
+    def sound_bound(self) -> SoundBound:
+        """The near-exact bound on the weight matrix itself (it is the operator)."""
+        return SoundBound(rigorous_sigma_max(self.weight.detach().cpu().double()), "near-exact")
+
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
 
@@ -177,11 +229,6 @@ class LipschitzConv2d(LipschitzLinear):
         init_weight_(self.weight, init, generator)
         self._register_iterate((1, in_channels, h, w), generator)
 
-    @property
-    def output_size(self) -> tuple[int, int]:
-        h, w = self.input_shape[1:]
-        return -(-h // self.stride), -(-w // self.stride)
-
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.symmetric is not None:
             return F.conv2d(x, weight, bias, stride=self.stride, padding=self.symmetric)
@@ -203,6 +250,13 @@ class LipschitzConv2d(LipschitzLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.weight, self.bias)
+
+    def sound_bound(self) -> SoundBound:
+        """Near-exact where the operator can be materialised, else the best circular bound of
+        ``CIRCULAR_GRIDS`` grids (``bounds.conv_norm_upper_bound``), widened by ``SOUND_RTOL``."""
+        if self.materialisable():
+            return super().sound_bound()
+        return SoundBound(conv_norm_upper_bound(self, CIRCULAR_GRIDS) * (1 + SOUND_RTOL), "circular")
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape

@@ -8,20 +8,21 @@ change the prediction (Theorem 4), so every non-bottom prediction is certified.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .bounds import SOUND_RTOL, SoundBound, sound_bound
-from .activations import MinMax
+from .activations import lipschitz_constant
+from .bounds import SOUND_RTOL, SoundBound
 from .layers import LipschitzDense, LipschitzLinear, tracked_layers
 from .precision import require_ieee
-from .rounding import certified_with_rounding, logit_rounding_bound
+from .rounding import logit_rounding_bound
 
 Bound = Literal["power", "sound"]
-ONE_LIPSCHITZ = (MinMax, nn.ReLU, nn.Flatten, nn.Identity)
+BOUNDS = ("power", "sound")
 
 
 def margin_lipschitz(sub_lipschitz: torch.Tensor, last_weight: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,12 @@ def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
     """Certify predictions from logits and margin bounds (the test is ``f_j > y_bot``, strict).
 
     With ``rounding`` (per-logit bounds on the logits' floating-point error, see ``rounding.py``)
-    the test and the radius hold for the exact network, not only for the computed logits.
+    every margin is first reduced by ``r_i + r_j``, in float64 (where differences of float32 values
+    are exact): the test ``f_j - f_i - r_i - r_j > eps K_ji`` and the radius then hold for the exact
+    network, not only for the computed logits.
+
+    Shape:
+        ``logits [N, m]``, ``k_ij [m, m]``, ``rounding [m]`` or ``[N, m]`` -> ``[N]`` each.
     """
     j = predicted_class(logits)
     if rounding is None:  # the GloRo net's own test, f_j > y_bot, sharing j with the radius
@@ -108,11 +114,11 @@ def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
         top = logits.gather(1, j[:, None])
         return Certificate(prediction=j, certified=top[:, 0] > bottom_logit(logits, k_ij, eps, j),
                            radius=certified_radius_of_margins(top - logits, j, k_ij))
-    wide = logits.double()
+    wide, k_ij = logits.double(), k_ij.double()
     rounding = rounding.double().expand_as(wide)
-    margins = (wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])).clamp_min(0)
-    return Certificate(prediction=j, certified=certified_with_rounding(logits, k_ij, eps, rounding),
-                       radius=certified_radius_of_margins(margins, j, k_ij.double()))
+    margins = wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])
+    beaten = (margins - eps * k_ij[j]).scatter(1, j[:, None], torch.inf).amin(dim=1) > 0
+    return Certificate(prediction=j, certified=beaten, radius=certified_radius_of_margins(margins.clamp_min(0), j, k_ij))
 
 
 @torch.no_grad()
@@ -146,15 +152,16 @@ class GloroNet(nn.Module):
         self.layers = tracked_layers(f)
         if not self.layers or not isinstance(self.layers[-1], LipschitzDense):
             raise ValueError("GloroNet needs a network whose last tracked layer is a LipschitzDense (the logits)")
-        unbounded = [type(m).__name__ for m in f.modules()
-                     if not list(m.children()) and not isinstance(m, (LipschitzLinear, *ONE_LIPSCHITZ))]
+        others = [m for m in f.modules() if not list(m.children()) and not isinstance(m, LipschitzLinear)]
+        unbounded = [type(m).__name__ for m in others if lipschitz_constant(m) is None]
         if unbounded:
-            raise ValueError(f"GloroNet cannot bound the Lipschitz constant of {unbounded}; "
-                             f"use Lipschitz-tracked layers and {[c.__name__ for c in ONE_LIPSCHITZ]}")
+            raise ValueError(f"GloroNet cannot bound the Lipschitz constant of {unbounded}: use Lipschitz-tracked "
+                             "layers and activations that declare theirs (see pipeline.gloro.activations)")
+        self.activation_lipschitz = math.prod(lipschitz_constant(m) for m in others)
 
     def sub_lipschitz(self) -> torch.Tensor:
-        """Product of the power-iteration norms of every layer but the last."""
-        sub = torch.ones((), device=self.layers[-1].weight.device)
+        """Product of the power-iteration norms of every layer but the last (and the activations' constants)."""
+        sub = torch.full((), self.activation_lipschitz, device=self.layers[-1].weight.device)
         for layer in self.layers[:-1]:
             sub = sub * layer.lipschitz()
         return sub
@@ -165,33 +172,35 @@ class GloroNet(nn.Module):
 
     @torch.no_grad()
     def sound_bounds(self) -> list[SoundBound]:
-        """Every tracked layer's provable norm bound and its method (``bounds.sound_bound``); seconds
-        on large layers, so compute it once and pass it to ``k_ij_sound`` and ``global_lipschitz``."""
-        return [sound_bound(layer) for layer in self.layers]
+        """Every tracked layer's provable norm bound and its method (its ``sound_bound()``, on the CPU);
+        seconds on large layers, so compute it once and pass it to ``k_ij_sound`` and ``layer_product``."""
+        return [layer.sound_bound() for layer in self.layers]
 
     @torch.no_grad()
     def k_ij_sound(self, bounds: list[SoundBound] | None = None) -> torch.Tensor:
-        """Provable margin bounds in float64, from ``bounds`` (default: computed now). ``[m, m]``."""
-        bounds = [sound_bound(layer) for layer in self.layers[:-1]] if bounds is None else bounds[:-1]
-        sub = torch.tensor([bound.value for bound in bounds], dtype=torch.float64).prod()
+        """Provable margin bounds in float64 on the CPU, from ``bounds`` (default: computed now; seconds
+        on large layers, see ``sound_bounds``). ``[m, m]``."""
+        bounds = [layer.sound_bound() for layer in self.layers[:-1]] if bounds is None else bounds[:-1]
+        sub = torch.tensor([bound.value for bound in bounds], dtype=torch.float64).prod() * self.activation_lipschitz
         # the last factor covers the float64 rounding of the row-difference norms
-        return margin_lipschitz(sub, self.layers[-1].weight.double()) * (1 + SOUND_RTOL)
+        return margin_lipschitz(sub, self.layers[-1].weight.detach().cpu().double()) * (1 + SOUND_RTOL)
 
     def margin_bounds(self, bound: Bound = "power") -> torch.Tensor:
-        if bound == "power":
-            return self.k_ij()
-        if bound == "sound":
-            return self.k_ij_sound()
-        raise ValueError(f"unknown bound {bound!r}; expected 'power' or 'sound'")
+        """``k_ij()`` for the ``power`` bound, ``k_ij_sound()`` (on the CPU) for the ``sound`` one."""
+        if bound not in BOUNDS:
+            raise ValueError(f"unknown bound {bound!r}; expected one of {BOUNDS}")
+        return self.k_ij() if bound == "power" else self.k_ij_sound()
 
     @torch.no_grad()
-    def global_lipschitz(self, bound: Bound = "power", bounds: list[SoundBound] | None = None) -> float:
+    def layer_product(self, bound: Bound = "power", bounds: list[SoundBound] | None = None) -> float:
         """Upper bound on f's global L2 Lipschitz constant: the product of all layers' norms (the
         provable ones from ``bounds``, default computed now, for ``bound="sound"``)."""
         if bound == "sound":
             bounds = self.sound_bounds() if bounds is None else bounds
-            return float(torch.tensor([b.value for b in bounds], dtype=torch.float64).prod()) * (1 + SOUND_RTOL)
-        return float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
+            product = float(torch.tensor([b.value for b in bounds], dtype=torch.float64).prod()) * (1 + SOUND_RTOL)
+        else:
+            product = float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
+        return product * self.activation_lipschitz
 
     @torch.no_grad()
     def power_iterate(self, n: int) -> None:
@@ -223,7 +232,7 @@ class GloroNet(nn.Module):
         """
         eps = self.eps if eps is None else eps
         if bound == "sound":
-            return certify_logits(self.f(x), self.k_ij_sound(), eps, logit_rounding_bound(self.f, x))
+            return certify_logits(self.f(x), self.k_ij_sound().to(x.device), eps, logit_rounding_bound(self.f, x))
         return certify_logits(self.f(x), self.margin_bounds(bound), eps)
 
 

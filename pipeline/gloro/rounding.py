@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .activations import MinMax
-from .layers import LipschitzConv2d, LipschitzDense
+from .activations import propagate_bound
+from .layers import LipschitzLinear
 from .precision import require_ieee
 
 UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
@@ -32,11 +32,6 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u)
 
 
-def _abs_layer(layer: nn.Module, v: torch.Tensor) -> torch.Tensor:
-    """``|W| v`` (no bias) for a tracked layer, in float64."""
-    return layer.linear_map(v, layer.weight.detach().double().abs())
-
-
 @torch.no_grad()
 def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -45,7 +40,8 @@ def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_
     With a batch ``x``: per input, for f run in ``x.dtype`` (as it is), from the magnitudes the
     forward pass actually computes (tight). Without: one bound valid for every input in
     [0, 1]^``input_shape`` when f runs in ``dtype`` (interval magnitudes; loose in float32,
-    negligible in float64).
+    negligible in float64), computed on the CPU whatever f's device. Tracked layers bring ``abs_map``,
+    the other modules ``propagate_bound`` (``activations.py``).
 
     Shape:
         ``x [N, ...]`` -> ``[N, m]``; ``input_shape`` -> ``[m]``; float64.
@@ -57,41 +53,18 @@ def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_
         require_ieee(x.device, dtype, "the provable certificate's rounding bound")
     u = UNIT_ROUNDOFF[dtype]
     value = x  # the computed activations, per input
-    magnitude = torch.ones((1, *input_shape), dtype=torch.float64) if x is None else value.double().abs()
+    magnitude = torch.ones((1, *input_shape), dtype=torch.float64) if x is None else x.double().abs()
     error = torch.zeros_like(magnitude)  # bounds |computed - exact|
     for module in f:
-        if isinstance(module, (LipschitzConv2d, LipschitzDense)):
-            bias = module.bias.detach().double().abs().view(1, -1, *[1] * (magnitude.dim() - 2))
-            local = _gamma(module.weight[0].numel() + 1, u) * (_abs_layer(module, magnitude) + bias)
-            error = (_abs_layer(module, error) + local) * SLACK
+        if isinstance(module, LipschitzLinear):
+            local = _gamma(module.terms_per_output + 1, u) * module.abs_map(magnitude, bias=True)
+            error = (module.abs_map(error) + local) * SLACK
             if value is None:
-                magnitude = (_abs_layer(module, magnitude) + bias + error) * SLACK
-        elif isinstance(module, MinMax):
-            pair = lambda t: torch.maximum(*t.chunk(2, dim=1)).repeat(1, 2, *[1] * (t.dim() - 2))
-            error = pair(error)
-            magnitude = pair(magnitude) if value is None else magnitude
-        elif isinstance(module, nn.Flatten):
-            error, magnitude = error.flatten(1), magnitude.flatten(1)
-        elif not isinstance(module, nn.ReLU):  # ReLU: |relu(a) - relu(b)| <= |a - b|, |relu(a)| <= |a|
-            raise ValueError(f"no rounding model for {type(module).__name__}")
+                magnitude = (module.abs_map(magnitude, bias=True) + error) * SLACK
+        else:
+            error = propagate_bound(module, error)
+            magnitude = propagate_bound(module, magnitude) if value is None else magnitude
         if value is not None:
             value = module(value)
             magnitude = value.double().abs()
     return error if x is not None else error[0]
-
-
-def certified_with_rounding(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
-                            rounding: torch.Tensor) -> torch.Tensor:
-    """The margin test made robust to rounding: ``f_j - f_i - eps K_ij > r_i + r_j`` for all i != j.
-
-    Evaluated in float64 (differences of float32 values are exact there).
-
-    Shape:
-        ``logits [N, m]``, ``k_ij [m, m]``, ``rounding [m]`` or ``[N, m]`` -> ``[N]`` bool.
-    """
-    logits, k_ij = logits.double(), k_ij.double()
-    rounding = rounding.double().expand_as(logits)
-    j = logits.argmax(dim=1)
-    slack = logits - logits.gather(1, j[:, None]) + eps * k_ij[j] + rounding + rounding.gather(1, j[:, None])
-    slack = slack.scatter(1, j[:, None], float("-inf"))
-    return slack.amax(dim=1) < 0

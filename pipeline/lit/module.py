@@ -2,9 +2,10 @@
 
 Per epoch: warm-up epochs train f with plain cross-entropy; robust epochs train the GloRo net at
 the scheduled eps with TRADES(lambda) or CE over the m+1 logits; the LR follows the paper's
-schedule. Before every validation, power iteration runs to convergence so validation VRA uses
-the converged bound (as the paper's evaluation does), in IEEE float32. Metric keys: ``train/*``,
-``val/*``.
+schedule; every step's loss is the core's ``step_loss``. Before every validation, power iteration
+runs to convergence so validation VRA uses the converged bound (as the paper's evaluation does),
+in IEEE float32. Time and memory are measured by ``pipeline.lit.costs``. Metric keys:
+``train/*``, ``val/*``.
 
 Under DDP each rank takes its share of every global batch (``pipeline.lit.datamodule``); its
 mean loss is weighted by its share, so the averaged gradient is the global batch's whatever the
@@ -14,20 +15,16 @@ validation's convergence they are broadcast again. Validation metrics are sums o
 """
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
 from pipeline.artifacts import build_gloro
 from pipeline.config import Experiment
-from pipeline.gloro import gloro_cross_entropy, trades_loss
+from pipeline.gloro import step_loss
 from pipeline.gloro.model import clean_accuracy, gloro_logits, gloro_prediction, predicted_class, vra
 from pipeline.gloro.precision import float32_precision
-from pipeline.measure import MB, saved_for_backward
 
 
 class GloroModule(L.LightningModule):
@@ -39,19 +36,8 @@ class GloroModule(L.LightningModule):
         self.experiment = Experiment.from_dict(experiment)
         self.net = build_gloro(self.experiment, tuple(input_shape), num_classes)
         self.schedule = self.experiment.schedule()
-        self._epoch_start = 0.0
         self._val_k = None
-        self.memory_mb_per_instance: float | None = None
-        self.epoch_seconds: list[float] = []  # carried through checkpoints, so resumed runs keep them
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("clean", "vra", "rejection")})
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["epoch_seconds"] = self.epoch_seconds
-        checkpoint["mem_mb_per_instance"] = self.memory_mb_per_instance
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.epoch_seconds = list(checkpoint.get("epoch_seconds", []))
-        self.memory_mb_per_instance = checkpoint.get("mem_mb_per_instance")
 
     def configure_optimizers(self):
         init_lr = self.experiment.training.init_lr
@@ -64,46 +50,22 @@ class GloroModule(L.LightningModule):
         self.log_dict({"train/eps": settings.eps, "train/lambda": settings.lam,
                        "train/lr": self.optimizers().param_groups[0]["lr"],
                        "train/robust": float(settings.robust and self.experiment.robust)})
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._epoch_start = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         x, y, total = batch
         if len(x) == 0:  # this rank's share of a last batch smaller than the number of processes
             return sum(p.sum() for p in self.parameters()) * 0.0
-        if self.device.type != "cuda" and batch_idx == 0:
-            with saved_for_backward() as saved:
-                loss, metrics = self._loss(x, y)
-            self.memory_mb_per_instance = sum(saved.values()) / len(x) / MB
-        else:
-            loss, metrics = self._loss(x, y)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+        settings = self.schedule.at(self.current_epoch)
+        robust = settings.robust and self.experiment.robust
+        step = step_loss(self.net, x, y, settings.eps if robust else None, settings.lam, self.experiment.trades)
+        metrics = {"train/clean": clean_accuracy(step.logits, y)}
+        if step.gloro is not None:
+            metrics["train/vra"] = vra(step.gloro, y)
+        self.log("train/loss", step.loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         share = len(x) * self.trainer.world_size / total  # 1 on one process
-        return loss if share == 1 else loss * share
-
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        settings = self.schedule.at(self.current_epoch)
-        if not (settings.robust and self.experiment.robust):
-            logits = self.net.f(x)
-            loss = F.cross_entropy(logits, y)
-            metrics = {"train/clean": clean_accuracy(logits.detach(), y)}
-        else:
-            gloro = self.net(x, eps=settings.eps)
-            loss = trades_loss(gloro, y, settings.lam) if self.experiment.trades else gloro_cross_entropy(gloro, y)
-            gloro = gloro.detach()
-            metrics = {"train/clean": clean_accuracy(gloro[:, :-1], y), "train/vra": vra(gloro, y)}
-        return loss, metrics
-
-    def on_train_epoch_end(self) -> None:
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
-        self.log("train/sec_per_epoch", self.epoch_seconds[-1])
-        if self.device.type == "cuda":
-            per_device = self.experiment.training.batch_size / self.trainer.world_size
-            self.memory_mb_per_instance = torch.cuda.max_memory_allocated(self.device) / per_device / MB
-        self.log("train/mem_mb_per_instance", self.memory_mb_per_instance)
+        return step.loss if share == 1 else step.loss * share
 
     def on_validation_epoch_start(self) -> None:
         with float32_precision("ieee"):
@@ -112,7 +74,7 @@ class GloroModule(L.LightningModule):
                 for layer in self.net.layers:
                     torch.distributed.broadcast(layer.u, src=0)
             self._val_k = self.net.k_ij().detach()
-            self.log("val/lipschitz", self.net.global_lipschitz())
+            self.log("val/lipschitz", self.net.layer_product())
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch

@@ -17,33 +17,26 @@ import sys
 import torch
 import wandb
 
-from pipeline.artifacts import SELECTIONS, ExportError, load_exported, load_gloro, weights_digest
+from pipeline.artifacts import SELECTIONS, load_gloro
 from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
-from pipeline.io import atomic_open, write_json
-from pipeline.gloro.model import batched_logits, certify_float64, certify_logits
-from pipeline.gloro.precision import ieee_arithmetic
+from pipeline.exported import ExportedModel, ExportError, weights_digest
+from pipeline.gloro.model import BOUNDS
 from pipeline.hardware import Hardware
+from pipeline.io import atomic_open, write_json
 from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
 from pipeline.tracking import start_run
 
 
-def export_mismatches(directory, f, bounds: dict[str, torch.Tensor], x: torch.Tensor, eps: float) -> int:
-    """Inputs whose certified flag (both bounds) from the exported files differs from the project's GloroNet's.
-
-    The GloroNet's provable bounds are computed on the CPU, as the export's were; both run on x's device.
-    """
+def export_mismatches(directory, exported: ExportedModel, x: torch.Tensor) -> int:
+    """Inputs whose certified flag (under each bound) from the exported files differs from that of the
+    project's own GloroNet (``gloro.pt``), its bounds computed afresh; both run on x's device."""
     _, net, _ = load_gloro(directory)
-    if weights_digest(net.f) != bounds["weights_sha256"]:
+    if weights_digest(net.f) != exported.info["weights_sha256"]:
         raise ExportError(f"{directory}/gloro.pt holds other weights than those {directory}/lipschitz.json describes")
-    net_k_sound, net_rounding = net.k_ij_sound().to(x.device), net.rounding(torch.float64).to(x.device)
-    net = net.to(x.device)
-    with ieee_arithmetic():
-        power = certify_logits(batched_logits(f, x), bounds["K"], eps).certified
-        net_power = net.certify(x, eps, bound="power").certified
-        sound = certify_float64(f, x, bounds["K_sound"], eps, bounds["rounding_float64"]).certified
-        net_sound = certify_float64(net.f, x, net_k_sound, eps, net_rounding).certified
-    return int((power != net_power).sum() + (sound != net_sound).sum())
+    ours = ExportedModel.of(net).to(x.device)
+    return sum(int((exported.certify(x, bound=b).certified != ours.certify(x, bound=b).certified).sum())
+               for b in BOUNDS)
 
 
 def certify(params, experiment) -> int:
@@ -56,21 +49,19 @@ def certify(params, experiment) -> int:
     results = {}
     for which in SELECTIONS:
         directory = f"models/{name}/{which}"
-        f, lipschitz = load_exported(directory)
-        check_exported_eps(lipschitz, experiment, directory)
-        if results and lipschitz["epoch"] == results["best"]["epoch"]:  # the same checkpoint
+        model = ExportedModel.load(directory)
+        check_exported_eps(model.eps, experiment, directory)
+        if results and model.info["epoch"] == results["best"]["epoch"]:  # the same checkpoint
             results[which] = dict(results["best"])
             continue
-        f = f.to(device)
-        bounds = {key: torch.tensor(lipschitz[key], device=device) for key in ("K", "K_sound", "rounding_float64")}
-        metrics = certify_test_set(f, bounds["K"], bounds["K_sound"], bounds["rounding_float64"], experiment.eps_test,
-                                   x, y, attack, seed=experiment.training.seed)
-        metrics |= {"epoch": lipschitz["epoch"], "lipschitz_global_ub": max(map(max, lipschitz["K"])),
-                    "lipschitz_global_ub_sound": max(map(max, lipschitz["K_sound"])),
-                    "lipschitz_layer_product": lipschitz["global_ub"],
+        model = model.to(device)
+        metrics = certify_test_set(model, x, y, attack, seed=experiment.training.seed)
+        metrics |= {"epoch": model.info["epoch"], "lipschitz_global_ub": model.lipschitz_global_ub("power"),
+                    "lipschitz_global_ub_sound": model.lipschitz_global_ub("sound"),
+                    "lipschitz_layer_product": model.info["layer_product"],
                     "layer_bounds": [{key: layer[key] for key in ("layer", "method", "sound_over_power")}
-                                     for layer in lipschitz["layers"]],
-                    "export_mismatches": export_mismatches(directory, f, lipschitz | bounds, x, experiment.eps_test)}
+                                     for layer in model.info["layers"]],
+                    "export_mismatches": export_mismatches(directory, model, x)}
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
     results["last"].pop("radius_curve")

@@ -75,8 +75,8 @@ def prepared_data(experiment: Experiment) -> Path:
     return folder
 
 
-def check_exported_eps(lipschitz: dict, experiment: Experiment, folder) -> None:
+def check_exported_eps(eps: float, experiment: Experiment, folder) -> None:
     """The exported ``lipschitz.json`` is certified at the experiment's one test radius, ``eps_test``."""
-    if lipschitz["eps"] != experiment.eps_test:
-        raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {lipschitz['eps']}, but "
+    if eps != experiment.eps_test:
+        raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {eps}, but "
                               f"experiments.{experiment.name}.eps_test is {experiment.eps_test}; run `dvc repro`")

@@ -36,7 +36,7 @@ def converge(params, experiment) -> None:
         net = net.cpu()
         summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")
         print(f"{experiment.name}/{which} (epoch {info['epoch']}): {sum(iterations)} iterations, "
-              f"global bound {summary['global_ub']:.4g} (provable {summary['global_ub_sound']:.4g})")
+              f"layer product {summary['layer_product']:.4g} (provable {summary['layer_product_sound']:.4g})")
 
 
 def main(argv=None) -> int:

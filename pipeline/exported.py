@@ -1,0 +1,177 @@
+"""The exported model of DESIGN.md as one type: ``model.pt2`` and ``lipschitz.json``, read and written here.
+
+A model folder holds:
+
+* ``model.pt2``: a ``torch.export`` program of the logit network f (float32 ``[N, C, H, W]`` in
+  [0, 1] -> logits ``[N, m]``, any batch size);
+* ``lipschitz.json``: ``eps``, ``K`` (m x m margin bounds from converged power iteration),
+  ``K_sound`` (from the provable per-layer bounds) and ``rounding_float64`` (per-logit bound on
+  the float64 forward pass's rounding error for inputs in [0, 1]), so anyone can certify with
+  plain torch: the paper's test with K in float32, or the provable test
+  ``f_j - f_i - eps K_sound_ij > r_i + r_j`` with f in float64. Beside them: ``input_shape``,
+  ``num_classes``, the per-layer ``layers``, ``layer_product`` (the product of the layers' power
+  norms, a bound on f's global Lipschitz constant) and ``layer_product_sound``, and the training
+  info. It is bound to its model: ``model_pt2_sha256`` is the digest of ``model.pt2``'s bytes and
+  ``weights_sha256`` that of the weights the bounds were computed from; ``ExportedModel.load``
+  refuses a pair that does not match.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.gloro import GloroNet, SoundBound, float32_precision, ieee_arithmetic
+from pipeline.gloro.model import BOUNDS, Bound, Certificate, batched_logits, certify_float64, certify_logits
+from pipeline.io import MismatchError, atomic_open, content_digest, file_digest, write_json
+
+REQUIRED_KEYS = ("eps", "K", "K_sound", "rounding_float64", "input_shape", "num_classes", "model_pt2_sha256",
+                 "weights_sha256")
+
+
+class ExportError(MismatchError):
+    """A model folder's exported files are missing, unreadable, or do not belong together."""
+
+
+def weights_digest(f: torch.nn.Module) -> str:
+    """Digest of every parameter, by name: which weights the bounds describe."""
+    return content_digest({name: value.detach().cpu().numpy() for name, value in sorted(f.named_parameters())})
+
+
+def _archive_damage(path: Path) -> str | None:
+    """Why ``path`` is not an intact zip archive (the .pt2 container), or None if it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None if damaged is None else f"bad CRC in {damaged}"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A logit network f with its certification bounds: all that certifying needs.
+
+    ``k`` is the power-iteration K (the paper's certificate, float32), ``k_sound`` the provable K
+    and ``rounding_float64`` the float64 pass's per-logit rounding bound (float64 both); ``info``
+    is the rest of ``lipschitz.json``.
+    """
+
+    f: torch.nn.Module
+    eps: float
+    k: torch.Tensor
+    k_sound: torch.Tensor
+    rounding_float64: torch.Tensor
+    info: dict
+
+    @classmethod
+    def of(cls, net: GloroNet, sound_bounds: list[SoundBound] | None = None) -> ExportedModel:
+        """The bounds of a converged GloroNet, computed as the export computes them (provable ones on
+        the CPU, from ``sound_bounds`` when given)."""
+        net = net.eval()
+        sound = net.sound_bounds() if sound_bounds is None else sound_bounds
+        with torch.no_grad():
+            k = net.k_ij().detach().double()
+        info = {"input_shape": list(net.layers[0].input_shape), "num_classes": net.layers[-1].weight.shape[0]}
+        return cls(net.f, net.eps, k, net.k_ij_sound(sound), net.rounding(torch.float64).cpu(), info)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExportedModel:
+        """Read a model folder, checking that ``model.pt2`` and ``lipschitz.json`` belong together.
+
+        Raises ``ExportError``, naming the file, when either is missing or unreadable, or when the
+        bounds were not computed for this ``model.pt2`` (a certificate from them would mean nothing).
+        """
+        directory = Path(directory)
+        program, bounds = directory / "model.pt2", directory / "lipschitz.json"
+        for path in (program, bounds):
+            if not path.is_file():
+                raise ExportError(f"{path}: not found (a model folder holds model.pt2 and lipschitz.json)")
+        try:
+            lipschitz = json.loads(bounds.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ExportError(f"{bounds}: not valid JSON ({error})") from None
+        missing = [key for key in REQUIRED_KEYS if not isinstance(lipschitz, dict) or key not in lipschitz]
+        if missing:
+            raise ExportError(f"{bounds}: missing {missing}; re-export the model (dvc repro, stage converge)")
+        m = lipschitz["num_classes"]
+        tensors = {key: torch.tensor(lipschitz.pop(key), dtype=torch.float64) for key in ("K", "K_sound",
+                                                                                         "rounding_float64")}
+        for key, shape in (("K", (m, m)), ("K_sound", (m, m)), ("rounding_float64", (m,))):
+            if tuple(tensors[key].shape) != shape:
+                raise ExportError(f"{bounds}: {key} should have shape {list(shape)} for {m} classes")
+        found = file_digest(program)
+        if found != lipschitz["model_pt2_sha256"]:
+            damage = _archive_damage(program)
+            raise ExportError(f"{program}: not a readable torch.export program ({damage})" if damage else
+                              f"{bounds} belongs to another model than {program} (model.pt2 sha256 recorded "
+                              f"{lipschitz['model_pt2_sha256'][:12]}, found {found[:12]}); certify only with the "
+                              "two files exported together")
+        try:
+            f = torch.export.load(program).module()  # the very bytes that were exported
+        except Exception as error:  # e.g. a torch too old for the archive
+            raise ExportError(f"{program}: not a readable torch.export program ({type(error).__name__}: {error})") \
+                from None
+        if weights_digest(f) != lipschitz["weights_sha256"]:
+            raise ExportError(f"{bounds} was computed from other weights than those in {program}")
+        return cls(f, lipschitz.pop("eps"), tensors["K"], tensors["K_sound"], tensors["rounding_float64"], lipschitz)
+
+    def save(self, directory: str | Path, info: dict) -> dict:
+        """Write ``model.pt2`` and ``lipschitz.json`` (with ``info`` beside the bounds) atomically; return the JSON."""
+        directory = Path(directory)
+        example = torch.rand(2, *self.info["input_shape"])
+        program = torch.export.export(self.f, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        lipschitz = {"eps": self.eps, "K": self.k.tolist(), "K_sound": self.k_sound.tolist(),
+                     "rounding_float64": self.rounding_float64.tolist(), **info, **self.info,
+                     "model_pt2_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+                     "weights_sha256": weights_digest(self.f)}
+        with atomic_open(directory / "model.pt2") as handle:
+            handle.write(buffer.getvalue())
+        write_json(directory / "lipschitz.json", lipschitz)
+        return lipschitz
+
+    @property
+    def input_shape(self) -> list[int]:
+        return self.info["input_shape"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.info["num_classes"]
+
+    def to(self, device: torch.device | str) -> ExportedModel:
+        """The model and its bounds on ``device`` (f is moved in place)."""
+        return dataclasses.replace(self, f=self.f.to(device), k=self.k.to(device), k_sound=self.k_sound.to(device),
+                                   rounding_float64=self.rounding_float64.to(device))
+
+    def margin_bounds(self, bound: Bound) -> torch.Tensor:
+        """K of the ``power`` bound or ``sound`` (provable) bound. ``[m, m]``."""
+        if bound not in BOUNDS:
+            raise ValueError(f"unknown bound {bound!r}; expected one of {BOUNDS}")
+        return self.k if bound == "power" else self.k_sound
+
+    def lipschitz_global_ub(self, bound: Bound = "power") -> float:
+        """The largest margin bound K_ij: an upper bound on the Lipschitz constant of every margin."""
+        return float(self.margin_bounds(bound).max())
+
+    def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "sound",
+                batch_size: int = 1000) -> Certificate:
+        """Predict and certify ``x`` (on f's device) at radius ``eps`` (default: the exported one).
+
+        ``sound``: provable, f in float64 with its rounding bounded, against ``k_sound``, in
+        ``ieee_arithmetic``. ``power``: the paper's certificate, f in IEEE float32 against ``k``.
+        """
+        eps = self.eps if eps is None else eps
+        k = self.margin_bounds(bound)
+        if bound == "sound":
+            with ieee_arithmetic():
+                return certify_float64(self.f, x, k, eps, self.rounding_float64, batch_size)
+        with float32_precision("ieee"):
+            return certify_logits(batched_logits(self.f, x, batch_size), k.float(), eps)
