@@ -1,4 +1,4 @@
-"""Data-layer timings (issue 4's evidence): load times and augmentation throughput.
+"""Data-layer timings: load times and augmentation throughput.
 
 Augmentation: 256-image batches of 32x32x3 through the batched ``Augment('default')`` against a
 per-item loop of torchvision ``transforms.v2`` (RandomAffine + RandomHorizontalFlip with the

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check.sh            # python3 must hold torch with CUDA, lightning, pytest
 #
 # Packages the machine lacks may lie as wheels in .whl/ (they are installed into /tmp/site first).
-# The DVC tests (no dvc there) and the PostgreSQL tests (no server) are left out.
+# The DVC tests (no dvc there), the PostgreSQL tests (no server) and the DDP tests (CPU processes) are left out.
 set -uo pipefail
 OUT=${OUT:-gpu_check}
 mkdir -p "$OUT"
@@ -22,11 +22,14 @@ echo "== CUDA-marked tests"
 python3 -m pytest -q -p no:cacheprovider tests/test_precision.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -4
 
 echo "== the suite, stages on the GPU"
-workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-timeout "${SUITE_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider $workers --durations=15 \
-    --ignore tests/test_dvc.py --ignore tests/test_search_postgres.py 2>&1 | tee "$OUT/suite.log" | tail -45
+# several workers when pytest-xdist is there, each with 2 CPU threads (16 threads each would oversubscribe the cores)
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${WORKERS:-6}")
+per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
+OMP_NUM_THREADS=2 timeout "${SUITE_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider -p no:benchmark $workers \
+    $per_test --durations=15 --ignore tests/test_dvc.py --ignore tests/test_search_postgres.py --ignore tests/test_ddp.py \
+    2>&1 | tee "$OUT/suite.log" | tail -45
 
 echo "== benchmarks on the GPU"
-timeout "${BENCH_LIMIT:-150}" python3 -m benchmarks.run --sections architectures epochs --repeats 3 \
+timeout "${BENCH_LIMIT:-150}" python3 -m benchmarks.run --sections ${SECTIONS:-architectures epochs} --repeats 3 \
     --out "$OUT/benchmarks_gpu" 2>&1 | grep -v "it/s\]$" | tail -5
 cat "$OUT/benchmarks_gpu.md" 2>/dev/null | head -60

@@ -17,7 +17,8 @@ TABLES = {
          "plain_step_ms": ("plain step ms", "{:.1f}"), "gloro_step_ms": ("GloRo step ms", "{:.1f}"),
          "train_ratio": ("train ratio (goal <= 1.10)", "{:.3f}"), "train_met": ("train goal met", "{}"),
          "power_iteration_share": ("power iteration share", "{:.3f}"),
-         "cert_throughput_ratio": ("cert throughput ratio (goal >= 0.9)", "{:.3f}"), "cert_met": ("cert goal met", "{}"),
+         "cert_throughput_ratio": ("cert throughput ratio (goal >= 0.9)", "{:.3f}"),
+         "cert_met": ("cert goal met", "{}"),
          "sound_cert_throughput_ratio": ("provable cert throughput ratio", "{:.3f}"),
          "train_mb_standard": ("train MB/inst Standard", "{:.3f}"), "train_mb_gloro": ("train MB/inst GloRo", "{:.3f}"),
          "train_mb_ratio": ("train MB ratio", "{:.3f}"), "cert_mb_ratio": ("cert MB ratio", "{:.3f}")}),
@@ -28,7 +29,8 @@ TABLES = {
         {"architecture": ("arch", "{}"), "converge_iterations_max": ("iterations (slowest layer)", "{}"),
          "converge_iterations_total": ("iterations (all layers)", "{}"), "converge_s": ("converge s", "{:.3f}"),
          "converge_in_inference_batches": ("converge, in inference batches", "{:.1f}"),
-         "sound_bound_s": ("sound bound s", "{:.3f}"), "sound_in_inference_batches": ("sound bound, in inference batches", "{:.1f}")}),
+         "sound_bound_s": ("sound bound s", "{:.3f}"),
+         "sound_in_inference_batches": ("sound bound, in inference batches", "{:.1f}")}),
     "epochs": (
         "A pipeline training epoch against its bare forward/backward passes (Figure D.1a settings)",
         "Lightning epoch of the pipeline's GloroModule and ArraysDataModule (in-memory uint8 data, scaling, the "
@@ -85,7 +87,9 @@ def comparison(before: dict, after: dict) -> str:
                 entry[f"{label} before"] = f"{old[row['architecture']][key]:.3f}"
                 entry[f"{label} after"] = f"{row[key]:.3f}"
             rows.append(entry)
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(no architectures in common)"
+    if not rows:
+        return "(no architectures in common)"
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def render(results: dict, before: dict | None = None) -> str:

@@ -1,4 +1,4 @@
-"""GloRo's cost against plain training and inference, measured side by side (issue 8).
+"""GloRo's cost against plain training and inference, measured side by side.
 
 Writes ``<out>.json`` and ``<out>.md`` (default ``results/benchmarks``). Every figure is a ratio
 against a baseline timed in the same loop, interleaved with it, as the median over repeats:
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
             tqdm.write(f"running {name} ...")
             results["sections"][name] = SECTIONS[name](device, args.repeats)
     before = Path(args.before)
-    previous = json.loads(before.read_text()) if before.exists() and before.resolve() != Path(f"{args.out}.json").resolve() else None
+    comparable = before.exists() and before.resolve() != Path(f"{args.out}.json").resolve()
+    previous = json.loads(before.read_text()) if comparable else None
     write_json(f"{args.out}.json", results)
     with atomic_open(f"{args.out}.md", "w") as handle:
         handle.write(render(results, previous))

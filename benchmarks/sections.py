@@ -1,4 +1,4 @@
-"""The benchmark sections of issue 8; each returns table rows (dicts) whose figures are same-run ratios."""
+"""The benchmark sections; each returns table rows (dicts) whose figures are same-run ratios."""
 from __future__ import annotations
 
 import copy
@@ -64,7 +64,7 @@ def _repeats_for(architecture: str, device: torch.device, repeats: int) -> int:
 
 
 def architectures(device: torch.device, repeats: int, batch_size: int = 256) -> list[dict]:
-    """Items 1, 3 (per batch) and 4: every architecture at its dataset's input size."""
+    """Train and certification ratios and memory: every architecture at its dataset's input size."""
     rows = []
     for arch in ARCHITECTURES:
         w = Workload.build(arch, batch_size, device)
@@ -75,7 +75,7 @@ def architectures(device: torch.device, repeats: int, batch_size: int = 256) -> 
 
 
 def one_off(device: torch.device, repeats: int) -> list[dict]:
-    """Item 3's one-off costs: power iteration to convergence from fresh iterates, and the sound bound,
+    """One-off costs: power iteration to convergence from fresh iterates, and the sound bound,
     each against one plain inference batch of 256 (the unit the certification throughput uses)."""
     rows = []
     for arch, (shape, classes) in ARCHITECTURES.items():
@@ -96,7 +96,7 @@ def one_off(device: torch.device, repeats: int) -> list[dict]:
 
 def lower_bounds(device: torch.device, repeats: int, steps: int = 50,
                  pairs: tuple[int, ...] = (16, 64, 256, 1024), sequential_pairs: int = 16) -> list[dict]:
-    """Item 5: Appendix F's optimisation with all pairs in one batch, against one pair at a time."""
+    """Appendix F's optimisation with all pairs in one batch, against one pair at a time."""
     shape, classes = ARCHITECTURES["2C2F"]
     f = network("2C2F", shape, classes, device).f.eval()
     pool = torch.rand(1024, *shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -107,14 +107,15 @@ def lower_bounds(device: torch.device, repeats: int, steps: int = 50,
     base = statistics.median(times["sequential"]) / (sequential_pairs * steps)  # seconds per pair-step
     rows = [{"pairs": "1 (one at a time)", "pair_steps_per_s": 1 / base, "speedup_vs_one_at_a_time": 1.0}]
     for p in pairs:
-        speedup = statistics.median(p * t_seq / (sequential_pairs * t) for t_seq, t in zip(times["sequential"], times[p]))
+        speedup = statistics.median(p * t_seq / (sequential_pairs * t)
+                                    for t_seq, t in zip(times["sequential"], times[p]))
         rows.append({"pairs": p, "pair_steps_per_s": p * steps / statistics.median(times[p]),
                      "speedup_vs_one_at_a_time": speedup})
     return rows
 
 
 def scaling(device: torch.device, repeats: int) -> list[dict]:
-    """Item 6: the train ratio, certification ratio and memory ratio against batch size and input size."""
+    """The train ratio, certification ratio and memory ratio against batch size and input size."""
     rows = []
     configs = [(arch, b, None) for arch in ("2C2F", "6C2F") for b in (64, 128, 256, 512, 1024)]
     configs += [("6C2F", 256, (3, s, s)) for s in (28, 32, 64)]
@@ -140,14 +141,14 @@ def _synthetic_dataset(directory: Path, name: str, n: int, shape: tuple[int, ...
 
 
 def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml") -> list[dict]:
-    """Items 2 and 8: a Lightning training epoch of the pipeline (in-memory data, uint8 -> [0, 1], the
+    """A Lightning training epoch of the pipeline (in-memory data, uint8 -> [0, 1], the
     experiment's augmentation, logging) against the bare GloRo forward/backward passes of the same
     batches, prepared beforehand on the device; and the epoch time extrapolated to the full dataset."""
     from pipeline.config import load_params
     from pipeline.hardware import Hardware
+    from pipeline.lit.costs import training_costs
     from pipeline.lit.datamodule import ArraysDataModule
     from pipeline.lit.module import GloroModule
-    from pipeline.lit.costs import training_costs
     from pipeline.training import build_trainer
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one fit per repeat: keep it quiet
@@ -209,8 +210,9 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
 
 
 def profile(device: torch.device, architecture: str = "2C2F", steps: int = 5, top: int = 10) -> list[dict]:
-    """Item 7: where a GloRo training step spends its time (torch.profiler, self time per operator)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    """Where a GloRo training step spends its time (torch.profiler, self time per operator)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     w = Workload.build(architecture, 256, device)
     for _ in range(2):
         w.gloro_step()

@@ -2,7 +2,7 @@
 
 A converged model folder ``models/<experiment>/<best|last>/`` holds ``gloro.pt`` (the experiment,
 input shape, class count and the GloroNet state: weights and converged power-iteration iterates),
-for the project's own stages, and the exported ``model.pt2`` and ``lipschitz.json`` of DESIGN.md
+for the project's own stages, and the exported ``model.pt2`` and ``lipschitz.json``
 (``pipeline.exported``), for anyone.
 
 Nothing here imports Lightning: a Lightning checkpoint is read with ``torch.load``.

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data.augment import AUGMENTATIONS
 from pipeline.data import SOURCES
+from pipeline.data.augment import AUGMENTATIONS
+from pipeline.gloro.activations import ACTIVATIONS
 from pipeline.gloro.architectures import ARCHITECTURES, architecture_spec, parse_spec
+from pipeline.gloro.layers import INITIALISERS
 from pipeline.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
-ACTIVATIONS = ("minmax", "relu")
 MODELS = ("gloro", "standard")
-INITS = ("default", "orthogonal")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -112,8 +112,8 @@ class Experiment:
         data, model, training = self.data, self.model, self.training
         _choice(f"{where}.data.dataset", data.dataset, SOURCES)
         _choice(f"{where}.model.model", model.model, MODELS)
-        _choice(f"{where}.model.activation", model.activation, ACTIVATIONS)
-        _choice(f"{where}.model.init", model.init, INITS)
+        _choice(f"{where}.model.activation", model.activation, tuple(ACTIVATIONS))
+        _choice(f"{where}.model.init", model.init, INITIALISERS)
         _choice(f"{where}.training.augmentation", training.augmentation, tuple(AUGMENTATIONS))
         try:
             parse_spec(architecture_spec(model.architecture, 10))

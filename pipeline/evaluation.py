@@ -19,7 +19,6 @@ from pipeline.gloro.precision import float32_precision
 from pipeline.hardware import describe
 from pipeline.measure import inference_mb_per_instance, timed
 
-
 THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound", "lemma1_violations",
                   "theorem2_violations")
 

@@ -1,4 +1,5 @@
-"""The exported model of DESIGN.md as one type: ``model.pt2`` and ``lipschitz.json``, read and written here.
+"""The exported model (README, "Certify your own inputs") as one type: ``model.pt2`` and
+``lipschitz.json``, read and written here.
 
 A model folder holds:
 

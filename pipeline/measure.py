@@ -4,7 +4,8 @@ On a GPU: peak allocated CUDA memory while the work runs, divided by the batch s
 PyTorch counterpart of the paper's TF ``MaxBytesInUse``). On a CPU there is no allocator peak
 to read, so the documented equivalent is the tensor memory the work must hold at once: for
 training, the bytes autograd saves for the backward pass; for inference, the bytes of every
-tensor the forward pass creates (an upper bound on what it holds at once). Both are divided by the batch size and given in MB.
+tensor the forward pass creates (an upper bound on what it holds at once). Both are divided by
+the batch size and given in MB.
 """
 from __future__ import annotations
 

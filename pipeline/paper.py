@@ -1,4 +1,4 @@
-"""The paper's published numbers (NOTES.md, from the supplement), keyed by our experiment names.
+"""The paper's published numbers (from the supplementary material), keyed by our experiment names.
 
 Only tables read this module; nothing here is ever reported as our result.
 """

@@ -42,7 +42,7 @@ def _read(path: Path) -> dict | None:
 
 
 def collect_metrics(results: Path, params: Params) -> dict[str, dict]:
-    """Per experiment with a certification result: the metrics contract of DESIGN.md (fractions in [0, 1])."""
+    """Per experiment with a certification result: the metrics contract in README (fractions in [0, 1])."""
     metrics = {}
     for name, e in params.experiments.items():
         training, cert, bounds = (_read(results / stage / f"{name}.json") for stage in STAGE_OUTPUTS)
@@ -107,8 +107,8 @@ def table_d1a(params: Params, metrics: dict) -> pd.DataFrame:
         for key, paper_value in zip(paper.D1A_COLUMNS, theirs):
             percent = key in ("clean", "pgd", "vra")
             value = None if ours is None else ours[key]
-            row[f"{key} paper"], row[f"{key} ours"], row[f"{key} gap"] = _compare(
-                paper_value, value, percent, digits={"epochs": 0, "sec_per_epoch": 2, "mem_mb_per_instance": 3}.get(key, 1))
+            digits = {"epochs": 0, "sec_per_epoch": 2, "mem_mb_per_instance": 3}.get(key, 1)
+            row[f"{key} paper"], row[f"{key} ours"], row[f"{key} gap"] = _compare(paper_value, value, percent, digits)
         row["VRA provable bound"] = NOT_RUN if ours is None else _fmt(ours["vra_sound"], 1, True)
         row["VRA last epoch"] = NOT_RUN if ours is None else _fmt(ours["last"]["vra"], 1, True)
         records.append(row)
@@ -186,7 +186,8 @@ def table_c1(params: Params, metrics: dict) -> pd.DataFrame:
             ours = metrics.get(ours_name)
             records.append({"setting": setting, "method": "GloRo (this reproduction)",
                             "source": ours_name if ours else f"{ours_name}: {NOT_RUN}",
-                            **{k: NOT_RUN if ours is None else _fmt(ours[k], 1, True) for k in ("clean", "pgd", "vra")}})
+                            **{k: NOT_RUN if ours is None else _fmt(ours[k], 1, True)
+                               for k in ("clean", "pgd", "vra")}})
     return pd.DataFrame(records)
 
 

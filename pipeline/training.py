@@ -27,10 +27,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pipeline.config import Experiment, Params
 from pipeline.gloro.precision import float32_precision
 from pipeline.hardware import Hardware, describe, is_first_process
+from pipeline.io import file_digest, write_json
 from pipeline.lit.costs import TrainingCosts, training_costs
 from pipeline.lit.datamodule import ArraysDataModule, per_device_batch
 from pipeline.lit.module import GloroModule
-from pipeline.io import file_digest, write_json
 from pipeline.tracking import lightning_logger
 
 

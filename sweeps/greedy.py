@@ -296,7 +296,8 @@ def prepare_data(experiment: Experiment, params: Params) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", required=True, help="experiment name from params.yaml (its settings start the search)")
+    parser.add_argument("--experiment", required=True,
+                        help="experiment name from params.yaml (its settings start the search)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default: sqlite:///sweeps/<experiment>.db); postgresql://... for "
@@ -307,7 +308,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tie", type=float, default=0.01,
                         help="VRA differences up to this count as ties, settled by the paper's rules (default 0.01)")
     parser.add_argument("--steps", default=",".join(ORDER),
-                        help=f"comma-separated subset of the steps, searched in the paper's order (default: all: {','.join(ORDER)})")
+                        help="comma-separated subset of the steps, searched in the paper's order "
+                             f"(default: all: {','.join(ORDER)})")
     parser.add_argument("--results", type=Path, default=Path("results"), help="where search_<experiment>.{md,csv} go")
     parser.add_argument("--threads", default="1",
                         help="torch threads per trial (default 1: run one worker per core, and every trial computes "
@@ -324,7 +326,8 @@ def main(argv=None) -> int:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
         if not experiment.robust:
-            raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo hyperparameters to search")
+            raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo "
+                              "hyperparameters to search")
         accelerator = Hardware.from_env().accelerator
         threads = None if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else 0
         if threads == 0:

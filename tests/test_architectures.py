@@ -19,12 +19,12 @@ from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense, init_weight_,
 def test_paper_architectures(name, shape, classes, widths):
     f = build_network(name, shape, classes, seed=0)
     layers = tracked_layers(f)
-    assert [l.weight.shape[0] for l in layers] == widths
+    assert [layer.weight.shape[0] for layer in layers] == widths
     assert f(torch.rand(2, *shape)).shape == (2, classes)
 
 
 def test_2c2f_feature_map_sizes():
-    convs = [l for l in tracked_layers(build_network("2C2F", (1, 28, 28), 10)) if isinstance(l, LipschitzConv2d)]
+    convs = [m for m in tracked_layers(build_network("2C2F", (1, 28, 28), 10)) if isinstance(m, LipschitzConv2d)]
     assert [c.output_shape[1:] for c in convs] == [(14, 14), (7, 7)]
 
 

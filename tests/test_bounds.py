@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from pipeline.gloro import layers
-from pipeline.gloro.bounds import (SOUND_RTOL, conv_norm_upper_bound, exact_spectral_norm, polyphase_kernel,
-                                   rigorous_sigma_max)
+from pipeline.gloro.bounds import (
+    SOUND_RTOL,
+    conv_norm_upper_bound,
+    exact_spectral_norm,
+    polyphase_kernel,
+    rigorous_sigma_max,
+)
 from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense
 
 

@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from pipeline.data.mnist import read_mnist_split
-from pipeline.gloro import (EpsSchedule, GloroNet, LambdaSchedule, LRSchedule, TrainingSchedule, build_network,
-                            certify_logits, pgd_l2, vra)
+from pipeline.gloro import (
+    EpsSchedule,
+    GloroNet,
+    LambdaSchedule,
+    LRSchedule,
+    TrainingSchedule,
+    build_network,
+    certify_logits,
+    pgd_l2,
+    vra,
+)
 from pipeline.gloro.fit import fit
 
 

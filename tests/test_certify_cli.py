@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from pipeline import certify
 from pipeline.artifacts import build_gloro, export_converged
 from pipeline.config import load_params
 from pipeline.data import sources
 from pipeline.stages import prepare
-from conftest import ROOT
 
 
 def _export(directory: Path, name: str) -> Path:

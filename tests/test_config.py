@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,14 @@ def test_stage_exits_2_with_the_message_before_any_work(tmp_path, capsys):
     assert "bad eps schedule 'lgo'" in capsys.readouterr().err
     assert train.main(["no_such_experiment", "--params", str(ROOT / "params.yaml")]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,allowed", [("pipeline.config", {"yaml"}), ("pipeline.gloro", set())])
+def test_config_and_core_imports_are_light(module, allowed):
+    """Reading params.yaml needs torch (the core's names) and yaml only; the core needs torch alone."""
+    heavy = sorted({"torchvision", "sklearn", "lightning", "wandb", "optuna", "pandas", "matplotlib", "yaml", "dvc"}
+                   - allowed)
+    code = (f"import sys, {module}; found = [m for m in {heavy} if m in sys.modules]; print(found); "
+            "sys.exit(bool(found))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.evaluation import pair_violations, radius_curve, theorem_failures, THEOREM_CHECKS
+from pipeline.evaluation import THEOREM_CHECKS, pair_violations, radius_curve, theorem_failures
 from pipeline.gloro.model import Certificate
 
 
@@ -28,4 +28,5 @@ def test_theorem_failures_and_radius_curve():
     assert theorem_failures(metrics | {"lemma1_violations": 2}) == {"lemma1_violations": 2}
     cert = Certificate(prediction=torch.tensor([0, 1, 1]), certified=torch.tensor([True, True, False]),
                        radius=torch.tensor([0.5, 0.2, 0.0]))
-    assert radius_curve(cert, torch.tensor([0, 0, 1]), torch.tensor([0.0, 0.3, 0.6])) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    curve = radius_curve(cert, torch.tensor([0, 0, 1]), torch.tensor([0.0, 0.3, 0.6]))
+    assert curve == pytest.approx([2 / 3, 1 / 3, 0.0])

@@ -11,8 +11,18 @@ from test_certification import broken_certificates
 from torch import nn
 
 from pipeline.exported import ExportedModel
-from pipeline.gloro import (EpsSchedule, GloroNet, LambdaSchedule, LipschitzDense, LipschitzLinear, LRSchedule, MinMax,
-                            TrainingSchedule, exact_spectral_norm, layers)
+from pipeline.gloro import (
+    EpsSchedule,
+    GloroNet,
+    LambdaSchedule,
+    LipschitzDense,
+    LipschitzLinear,
+    LRSchedule,
+    MinMax,
+    TrainingSchedule,
+    exact_spectral_norm,
+    layers,
+)
 from pipeline.gloro.fit import fit
 from pipeline.gloro.rounding import logit_rounding_bound
 

@@ -45,7 +45,8 @@ def test_every_stage_writes_its_outputs(workdir):
     assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (workdir / "models/tiny/train").iterdir()}
     assert converge.main(["tiny"]) == 0
     for which in ("best", "last"):
-        assert {"gloro.pt", "model.pt2", "lipschitz.json"} <= {p.name for p in (workdir / f"models/tiny/{which}").iterdir()}
+        files = {p.name for p in (workdir / f"models/tiny/{which}").iterdir()}
+        assert {"gloro.pt", "model.pt2", "lipschitz.json"} <= files
     assert certify.main(["tiny"]) == 0
     cert = json.loads((workdir / "results/certification/tiny.json").read_text())
     assert cert["theorem4_certified_broken"] == cert["lemma1_violations"] == cert["theorem2_violations"] == 0

@@ -1,4 +1,4 @@
-"""Schedules give the NOTES formulas at boundary epochs; bad strings raise clear errors."""
+"""Schedules give the paper's formulas (Appendix B) at boundary epochs; bad strings raise clear errors."""
 import math
 
 import pytest
@@ -67,7 +67,8 @@ def test_warmup_then_robust_schedule():
 
 
 @pytest.mark.parametrize("parse,text,message", [
-    (lambda s: EpsSchedule.parse(s, 0.3, 10), "linear", r"bad eps schedule 'linear'; expected 'single', 'log', or 'x,y,e'"),
+    (lambda s: EpsSchedule.parse(s, 0.3, 10), "linear",
+     r"bad eps schedule 'linear'; expected 'single', 'log', or 'x,y,e'"),
     (lambda s: EpsSchedule.parse(s, 0.3, 10), "0.1,0.3", r"bad eps schedule '0.1,0.3'"),
     (lambda s: EpsSchedule.parse(s, 0.3, 10), "0.1,0.3,0", "e must be a positive epoch count"),
     (lambda s: EpsSchedule.parse(s, 0.3, 10), "a,b,c", r"bad eps schedule 'a,b,c'"),
@@ -75,7 +76,8 @@ def test_warmup_then_robust_schedule():
     (LambdaSchedule.parse, "CE", r"bad TRADES lambda 'CE'; expected a number"),
     (LambdaSchedule.parse, "-1", "must be a finite number >= 0"),
     (LambdaSchedule.parse, "1,2", r"bad TRADES lambda schedule '1,2'"),
-    (lambda s: LRSchedule.parse(s, 1e-3, 10), "decay to fast", r"bad LR schedule 'decay to fast'; expected 'decay to <lb>'"),
+    (lambda s: LRSchedule.parse(s, 1e-3, 10), "decay to fast",
+     r"bad LR schedule 'decay to fast'; expected 'decay to <lb>'"),
     (lambda s: LRSchedule.parse(s, 1e-3, 10), "decay to 1e-2", r"lower bound must be in \(0, init_lr"),
 ])
 def test_bad_strings_name_the_value_and_the_accepted_forms(parse, text, message):
@@ -85,4 +87,5 @@ def test_bad_strings_name_the_value_and_the_accepted_forms(parse, text, message)
 
 def test_negative_warmup_rejected():
     with pytest.raises(ValueError, match="warm-up must be >= 0"):
-        TrainingSchedule(-1, EpsSchedule.parse("single", 0.3, 5), LambdaSchedule.parse(1), LRSchedule.parse(None, 1e-3, 5))
+        TrainingSchedule(-1, EpsSchedule.parse("single", 0.3, 5), LambdaSchedule.parse(1),
+                         LRSchedule.parse(None, 1e-3, 5))

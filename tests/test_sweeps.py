@@ -48,8 +48,9 @@ def preferring(seen: list | None = None, crash_on: str | None = None, stop_after
         if label == crash_on:
             raise RuntimeError("diverged")
         lam = float(e.value("loss")) if "," not in e.value("loss") else 0.0
-        return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2) - 0.05 * abs(e.value("epochs") - 3)
-                + 0.05 * (e.value("lr_decay") == "5e-07") + 0.05 * (e.value("warmup") == 0) + 0.05 * (e.value("init") == "orthogonal")
+        return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2)
+                - 0.05 * abs(e.value("epochs") - 3) + 0.05 * (e.value("lr_decay") == "5e-07")
+                + 0.05 * (e.value("warmup") == 0) + 0.05 * (e.value("init") == "orthogonal")
                 + 0.05 * (e.value("power_iterations") == 5) + 0.05 * (e.value("batch_size") == 256))
 
     objective.calls = calls
@@ -66,12 +67,14 @@ def test_steps_run_in_the_papers_order_and_winners_carry_over():
                       "init": "orthogonal", "power_iterations": "5", "batch_size": "256"}
     lambdas = [value for value, _, _ in results[1].tried]
     assert lambdas[:10] == [f"{float(n)}" for n in range(1, 11)]  # whole numbers first
-    assert {"3.1", "3.2", "3.3"} <= set(lambdas) and "0.1,3.2,1" in lambdas  # refined by 0.1, then ramps (over the 1 scaled epoch)
+    # refined by 0.1, then ramps (over the 1 scaled epoch)
+    assert {"3.1", "3.2", "3.3"} <= set(lambdas) and "0.1,3.2,1" in lambdas
     # every trial after a step uses that step's winner
     assert len([e for _, e in seen if e.value("eps_schedule") != "log"]) == 2  # only the other two eps candidates
     first_init = next(i for i, (label, _) in enumerate(seen) if label.startswith("init="))
     for _, e in seen[first_init:]:
-        assert (e.value("eps_schedule"), e.value("loss"), e.value("epochs"), e.value("lr_decay"), e.value("warmup")) == ("log", "3.2", 3, "5e-07", 0)
+        chosen = tuple(e.value(key) for key in ("eps_schedule", "loss", "epochs", "lr_decay", "warmup"))
+        assert chosen == ("log", "3.2", 3, "5e-07", 0)
 
 
 def test_epochs_go_up_by_100_until_vra_stops_increasing_then_down_by_50():
@@ -88,7 +91,7 @@ def test_tie_rules():
     assert choose("eps_schedule", [("log", 0.9), ("single", 0.8)], tie=0.01) == "log"
     assert choose("init", [("orthogonal", 0.7), ("default", 0.695)], tie=0.01) == "default"
     assert choose("power_iterations", [("10", 0.7), ("5", 0.7), ("1", 0.69), ("2", 0.5)], tie=0.01) == "1"
-    flat = GreedySearch(digits_minmax(), lambda e, t, l: 0.5, optuna.storages.InMemoryStorage(), Budget(0.01))
+    flat = GreedySearch(digits_minmax(), lambda e, t, label: 0.5, optuna.storages.InMemoryStorage(), Budget(0.01))
     chosen = {r.step: r.chosen for r in flat.run()}
     assert chosen["eps_schedule"] == "single" and chosen["init"] == "default" and chosen["power_iterations"] == "1"
 

@@ -1,4 +1,4 @@
-"""Batched, on-device data augmentation with the paper's Keras semantics (NOTES section 3).
+"""Batched, on-device data augmentation with the paper's Keras semantics (Appendix B).
 
 ``default`` is Keras ``ImageDataGenerator(rotation_range=20, width_shift_range=0.2,
 height_shift_range=0.2, horizontal_flip=True, shear_range=0.1, zoom_range=0.1,

@@ -82,7 +82,8 @@ def build_network(arch: str, input_shape: tuple[int, int, int], num_classes: int
     """
     layers = parse_spec(architecture_spec(arch, num_classes))
     if layers[-1].features != num_classes:
-        raise ValueError(f"architecture {arch!r} ends in d{layers[-1].features}, but the data has {num_classes} classes")
+        raise ValueError(f"architecture {arch!r} ends in d{layers[-1].features}, "
+                         f"but the data has {num_classes} classes")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     channels, h, w = input_shape
     modules: list[nn.Module] = []

@@ -29,7 +29,8 @@ def fit(net: GloroNet, x: torch.Tensor, y: torch.Tensor, schedule: TrainingSched
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             batch = order[start:start + batch_size]
-            loss = step_loss(net, x[batch], y[batch], settings.eps if settings.robust else None, settings.lam, trades).loss
+            eps = settings.eps if settings.robust else None
+            loss = step_loss(net, x[batch], y[batch], eps, settings.lam, trades).loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

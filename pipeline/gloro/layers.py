@@ -18,8 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bounds import (CIRCULAR_GRIDS, EXACT_MAX_ENTRIES, EXACT_MAX_SIDE, SOUND_RTOL, SoundBound, conv_norm_upper_bound,
-                     operator_matrix, rigorous_sigma_max)
+from .bounds import (
+    CIRCULAR_GRIDS,
+    EXACT_MAX_ENTRIES,
+    EXACT_MAX_SIDE,
+    SOUND_RTOL,
+    SoundBound,
+    conv_norm_upper_bound,
+    operator_matrix,
+    rigorous_sigma_max,
+)
 
 INITIALISERS = ("default", "orthogonal")
 CONVERGE_WINDOW = 32  # iterations between the estimates ``converge`` compares
@@ -91,7 +99,8 @@ class LipschitzLinear(nn.Module):
         return self.weight[0].numel()
 
     def abs_map(self, v: torch.Tensor, bias: bool = False) -> torch.Tensor:
-        """``|A| v`` (plus ``|b|`` with ``bias``), A's matrix taken entrywise in absolute value, on v's device and dtype."""
+        """``|A| v`` (plus ``|b|`` with ``bias``): A's matrix taken entrywise in absolute value, on v's
+        device and dtype."""
         out = self.linear_map(v, self.weight.detach().to(v).abs())
         if bias and self.bias is not None:
             out = out + self.bias.detach().to(v).abs().view(1, -1, *[1] * (out.dim() - 2))

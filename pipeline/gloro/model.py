@@ -118,7 +118,8 @@ def certify_logits(logits: torch.Tensor, k_ij: torch.Tensor, eps: float,
     rounding = rounding.double().expand_as(wide)
     margins = wide.gather(1, j[:, None]) - wide - rounding - rounding.gather(1, j[:, None])
     beaten = (margins - eps * k_ij[j]).scatter(1, j[:, None], torch.inf).amin(dim=1) > 0
-    return Certificate(prediction=j, certified=beaten, radius=certified_radius_of_margins(margins.clamp_min(0), j, k_ij))
+    radius = certified_radius_of_margins(margins.clamp_min(0), j, k_ij)
+    return Certificate(prediction=j, certified=beaten, radius=radius)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The paper's schedules (NOTES section 3), parsed once from their strings into typed objects.
+"""The paper's schedules (Appendix B), parsed once from their strings into typed objects.
 
 All schedules take ``t``, the robust-training epoch (0-based, after warm-up; fractional values
 are allowed for per-step updates).

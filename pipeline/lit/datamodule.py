@@ -58,7 +58,8 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
     """The batch each of ``world_size`` processes takes, so that together they take ``batch_size``."""
     if batch_size % world_size:
         raise HardwareError(f"batch_size {batch_size} does not divide among {world_size} processes "
-                         f"(devices x nodes); choose a multiple of {world_size}, or other GLORO_DEVICES/GLORO_NUM_NODES")
+                         f"(devices x nodes); choose a multiple of {world_size}, "
+                         "or other GLORO_DEVICES/GLORO_NUM_NODES")
     return batch_size // world_size
 
 

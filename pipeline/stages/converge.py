@@ -4,8 +4,9 @@
 
 For ``best`` (selected on the validation split) and ``last``: runs every layer's power iteration
 until the estimate's remaining rise is below ``converge_tol`` (relative; see
-``LipschitzLinear.converge``), computes the provable per-layer bounds, and writes ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``,
-``lipschitz.json`` (see ``pipeline.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
+``LipschitzLinear.converge``), computes the provable per-layer bounds, and writes
+``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``, ``lipschitz.json`` (see
+``pipeline.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
 device in IEEE float32; the provable bounds and the export run on the CPU in float64, so they are
 the same whatever machine converged the model.
 """
@@ -31,8 +32,9 @@ def converge(params, experiment) -> None:
         start = time.perf_counter()
         with float32_precision("ieee"):
             iterations = net.to(device).converge(experiment.training.converge_tol)
-        info |= {"selection": which, "converge_tol": experiment.training.converge_tol, "converge_device": describe(device),
-                 "converge_iterations": iterations, "converge_seconds": time.perf_counter() - start}
+        info |= {"selection": which, "converge_tol": experiment.training.converge_tol,
+                 "converge_device": describe(device), "converge_iterations": iterations,
+                 "converge_seconds": time.perf_counter() - start}
         net = net.cpu()
         summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")
         print(f"{experiment.name}/{which} (epoch {info['epoch']}): {sum(iterations)} iterations, "

@@ -1,0 +1,246 @@
+"""Training against the authors' library (PyPI ``gloro`` 1.1.1), one difference at a time.
+
+Every arm trains the ``mnist_t10k_2c2f_minmax`` experiment of params.yaml (2C2F MinMax, orthogonal
+init, TRADES lambda 0.1 -> 2.0, Adam 1e-3 held for half the epochs then decayed to 1e-6, batch 512,
+5 power iterations, no warm-up, eps 0.3) on images 0-7999 of the genuine MNIST test set and reports
+clean accuracy and VRA on images 8000-9999 at eps 0.3 (power bound, iterates converged to 1e-5,
+as the pipeline certifies). Arms differ from ``project`` (what the pipeline does) in one way each;
+``library`` takes every one of the library's choices at once:
+
+  all_data        no validation split: all 8,000 images train (the library's runs); last epoch
+  per_step        lambda and LR follow their schedules per step (the library interpolates per batch)
+  through_iters   the gradient flows through the 5 power iterations (the library: tf.while_loop),
+                  estimate ||A x|| / ||x|| with x = A^T A u (the library's form)
+  library_refresh at every epoch end the iterates restart from random and converge to an absolute
+                  1e-2 change of the global bound in chunks of 100 iterations (the library's callback);
+                  the project converges its persistent iterates to 1e-5 (relative)
+  keras_adam      Keras's Adam: epsilon added to sqrt(v), not to the bias-corrected sqrt(v_hat)
+
+Settings where both implementations agree by construction are not arms: the last short batch is
+kept by both; MinMax pairs channels differently (halves here, neighbours there), and Keras flattens
+conv kernels as (k k C_in, C_out), but both are permutations of units, under which orthogonal
+initialisation and the function class are invariant.
+
+    python -m benchmarks.parity --mnist ../shared/data/mnist --seeds 0 1 2          # ~1 min per run, 2 cores
+    python -m benchmarks.parity --arms project library --epochs 100 --eps-train 0.45 --loss 0.1,2.0,100
+
+Writes ``<out>.csv`` (one row per run, appended as runs finish, so an interrupted sweep resumes)
+and ``<out>.md`` (mean and spread per arm).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.config import load_params
+from pipeline.data.mnist import read_mnist_split
+from pipeline.gloro import GloroNet, build_network, step_loss
+from pipeline.gloro.layers import _unit
+from pipeline.gloro.model import certify_logits
+from pipeline.io import atomic_open
+
+
+@dataclass(frozen=True)
+class Arm:
+    val_fraction: float = 0.1
+    per_step: bool = False
+    through_iters: bool = False
+    library_refresh: bool = False
+    keras_adam: bool = False
+
+
+ARMS = {
+    "project": Arm(),
+    "all_data": Arm(val_fraction=0.0),
+    "per_step": Arm(val_fraction=0.0, per_step=True),
+    "through_iters": Arm(val_fraction=0.0, through_iters=True),
+    "library_refresh": Arm(val_fraction=0.0, library_refresh=True),
+    "keras_adam": Arm(val_fraction=0.0, keras_adam=True),
+    "library": Arm(val_fraction=0.0, per_step=True, through_iters=True, library_refresh=True, keras_adam=True),
+}
+
+
+class ThroughIterations(GloroNet):
+    """The library's layer bound: iterations inside the graph, ``||A x|| / ||x||`` with ``x = A^T A u``."""
+
+    def sub_lipschitz(self) -> torch.Tensor:
+        if not self.training:
+            return super().sub_lipschitz()
+        sub = torch.ones((), device=self.layers[-1].weight.device)
+        for layer in self.layers[:-1]:
+            x = layer.u
+            for _ in range(self.power_iterations):
+                x = layer.adjoint_map(layer.linear_map(_unit(x)))
+            layer.u.copy_(_unit(x.detach()))
+            sub = sub * layer.linear_map(x).norm() / (x.norm() + 1e-9)
+        return sub
+
+    def forward(self, x, eps=None):
+        from pipeline.gloro.model import gloro_logits
+        return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
+
+
+class KerasAdam(torch.optim.Optimizer):
+    """Keras's Adam: ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-7):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                state["t"] += 1
+                t, m, v = state["t"], state["m"], state["v"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                alpha = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)
+
+
+@torch.no_grad()
+def library_refresh(net: GloroNet, generator: torch.Generator, tol: float = 1e-2, chunk: int = 100,
+                    max_tries: int = 1000) -> None:
+    """The library's epoch-end refresh: random iterates, then chunks of iterations until the global
+    bound moves by at most ``tol`` (absolute)."""
+    for layer in net.layers:
+        layer.u.copy_(_unit(torch.randn(layer.u.shape, generator=generator)))
+    previous, current = None, net.layer_product()
+    for _ in range(max_tries):
+        if previous is not None and abs(current - previous) <= tol:
+            break
+        net.power_iterate(chunk)
+        previous, current = current, net.layer_product()
+
+
+@torch.no_grad()
+def evaluate(net: GloroNet, x: torch.Tensor, y: torch.Tensor, eps: float, tol: float) -> tuple[float, float]:
+    """Clean accuracy and VRA (power bound, ``net``'s iterates first converged to ``tol``)."""
+    net.eval()
+    net.converge(tol)
+    cert = certify_logits(net.f(x), net.k_ij(), eps)
+    correct = cert.prediction == y
+    return float(correct.float().mean()), float((correct & cert.certified).float().mean())
+
+
+def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...]) -> dict:
+    """Train one arm with one seed; the metrics of the last epoch (and of the validation-selected one)."""
+    x_all, y_all, x_test, y_test = data
+    torch.manual_seed(seed)
+    n_val = round(len(x_all) * arm.val_fraction)
+    val_idx = np.random.default_rng(seed).permutation(len(x_all))[:n_val]
+    train_mask = np.ones(len(x_all), dtype=bool)
+    train_mask[val_idx] = False
+    x, y = x_all[train_mask], y_all[train_mask]
+    model, training = experiment.model, experiment.training
+    f = build_network(model.architecture, tuple(x.shape[1:]), 10, model.activation, model.init, seed=seed)
+    cls = ThroughIterations if arm.through_iters else GloroNet
+    net = cls(f, eps=experiment.eps_test, power_iterations=model.power_iterations)
+    schedule = experiment.schedule()
+    optimiser = (KerasAdam if arm.keras_adam else torch.optim.Adam)(net.parameters(), lr=training.init_lr, eps=1e-7)
+    order_g, refresh_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    n_batches = -(-len(x) // training.batch_size)
+    best, start = (-1.0, None, -1), time.perf_counter()
+    for epoch in range(schedule.total_epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=order_g)
+        for b in range(n_batches):
+            settings = schedule.at(epoch + b / n_batches if arm.per_step else epoch)
+            for group in optimiser.param_groups:
+                group["lr"] = settings.lr
+            batch = order[b * training.batch_size:(b + 1) * training.batch_size]
+            loss = step_loss(net, x[batch], y[batch], settings.eps, settings.lam, experiment.trades).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if arm.library_refresh:
+            library_refresh(net, refresh_g)
+        else:  # the pipeline converges before every validation
+            net.converge(training.converge_tol)
+        if n_val:
+            _, val_vra = evaluate(net, x_all[val_idx], y_all[val_idx], experiment.eps_test, training.converge_tol)
+            if val_vra > best[0]:
+                best = (val_vra, {k: v.clone() for k, v in net.state_dict().items()}, epoch + 1)
+    clean, vra = evaluate(net, x_test, y_test, experiment.eps_test, training.converge_tol)
+    row = {"seed": seed, "train_size": len(x), "clean": clean, "vra": vra, "seconds": time.perf_counter() - start}
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+        clean_sel, vra_sel = evaluate(net, x_test, y_test, experiment.eps_test, training.converge_tol)
+        row |= {"selected_epoch": best[2], "clean_selected": clean_sel, "vra_selected": vra_sel}
+    return row
+
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and range of clean and VRA per arm and setting, in percent."""
+    out = []
+    for (setting, arm), group in rows.groupby(["setting", "arm"], sort=False):
+        entry = {"setting": setting, "arm": arm, "seeds": len(group), "train": int(group["train_size"].iloc[0])}
+        for key in ("clean", "vra", "vra_selected"):
+            values = 100 * group[key].dropna()
+            if len(values):
+                entry[f"{key} mean"] = f"{values.mean():.2f}"
+                entry[f"{key} sd"] = f"{values.std(ddof=1):.2f}" if len(values) > 1 else "-"
+                entry[f"{key} range"] = f"{values.min():.2f}-{values.max():.2f}"
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist", type=Path, default=Path("../shared/data/mnist"),
+                        help="folder with the genuine t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs (LR decay follows)")
+    parser.add_argument("--eps-train", type=float, default=None, help="override training.eps_train")
+    parser.add_argument("--loss", default=None, help="override training.loss, e.g. 0.1,2.0,100")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default="results/parity", help="output path without extension")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    experiment = load_params("params.yaml").experiments["mnist_t10k_2c2f_minmax"]
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("eps_train", args.eps_train), ("loss", args.loss))
+                 if v is not None}
+    experiment = experiment.with_values(**overrides) if overrides else experiment
+    t = experiment.training
+    setting = f"{t.epochs} epochs, eps_train {t.eps_train}, lambda {t.loss}"
+    x, y = read_mnist_split(args.mnist, "test")
+    x = x.float() / 255
+    data = (x[:8000], y[:8000], x[8000:], y[8000:])
+    csv = Path(f"{args.out}.csv")
+    rows = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["setting", "arm", "seed"])
+    for name in args.arms:
+        for seed in args.seeds:
+            done = rows[(rows["setting"] == setting) & (rows["arm"] == name) & (rows["seed"] == seed)]
+            if len(done):
+                continue
+            row = {"setting": setting, "arm": name, **dataclasses.asdict(ARMS[name]),
+                   **run(ARMS[name], experiment, seed, data)}
+            print(f"{name} seed {seed}: clean {100 * row['clean']:.2f} VRA {100 * row['vra']:.2f}"
+                  + (f" (selected epoch {row['selected_epoch']}: VRA {100 * row['vra_selected']:.2f})"
+                     if "vra_selected" in row else "") + f", {row['seconds']:.0f} s", flush=True)
+            rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+            with atomic_open(csv, "w") as handle:
+                rows.to_csv(handle, index=False)
+    with atomic_open(f"{args.out}.md", "w") as handle:
+        handle.write(summary(rows).to_markdown(index=False) + "\n")
+    print(summary(rows).to_markdown(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
