@@ -60,15 +60,26 @@ def checkpoint_epoch(checkpoint: Path) -> int:
         return -1
 
 
+def with_project_path(env: dict) -> dict:
+    """``env`` with the project first on ``PYTHONPATH`` (what was there stays after it)."""
+    return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+
+
 def train_and_kill(folder: Path, env: dict, experiment: str = "tiny") -> int:
     """Start ``pipeline.stages.train`` in ``folder``, kill -9 it (every process it started) once
     ``last.ckpt`` holds an epoch, and return that epoch."""
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", experiment], cwd=folder, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = folder / "train_and_kill.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", experiment], cwd=folder,
+                                   env=with_project_path(env), stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     last = folder / "models" / experiment / "train" / "last.ckpt"
     deadline = time.monotonic() + 240
     while checkpoint_epoch(last) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    if process.poll() is not None:
+        raise AssertionError(f"training exited (code {process.returncode}) before it could be killed:\n"
+                             + log.read_text()[-3000:])
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return checkpoint_epoch(last)

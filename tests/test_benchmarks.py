@@ -57,7 +57,7 @@ def test_command_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "bench"
     assert run.main(["--sections", "profile", "--repeats", "1", "--out", str(out), "--before", "none"]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
-    assert results["sections"]["profile"] and not results["gpu"]
+    assert results["sections"]["profile"] and results["gpu"] == torch.cuda.is_available()
     assert "Profile of the GloRo training step" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         run.main(["--repeats", "0"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import checkpoint_epoch, tiny_params, train_and_kill
+from conftest import checkpoint_epoch, tiny_params, train_and_kill, with_project_path
 
 from pipeline.hardware import Hardware, HardwareError, is_first_process
 from pipeline.stages import dataset, prepare
@@ -43,7 +43,7 @@ def _project(folder: Path, **training) -> Path:
 
 def _env(processes: int, threads: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLORO_")}
-    return env | {"PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
+    return with_project_path(env) | {"WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
                   "GLORO_DEVICES": str(processes), "OMP_NUM_THREADS": str(threads)}
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, with_project_path
 
 from benchmarks.search_load import EXPECTED, controlled, search_trials, tally, worker_command
 from sweeps.claims import open_storage
@@ -113,7 +113,7 @@ def test_two_workers_run_a_real_search_through_lightning(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     url = fresh_database()
-    env = os.environ | {"WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env = with_project_path(dict(os.environ)) | {"WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "sweeps.greedy", "--experiment", "digits_minmax", "--epoch-scale", "0.05",
                "--steps", "eps_schedule,init", "--storage", url, "--heartbeat", "1", "--grace", "5"]
     first = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "digits"], cwd=tmp_path, env=env,
