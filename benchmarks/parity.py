@@ -21,7 +21,7 @@ kept by both; MinMax pairs channels differently (halves here, neighbours there),
 conv kernels as (k k C_in, C_out), but both are permutations of units, under which orthogonal
 initialisation and the function class are invariant.
 
-    python -m benchmarks.parity --mnist ../shared/data/mnist --seeds 0 1 2          # ~1 min per run, 2 cores
+    python -m benchmarks.parity --mnist ../shared/data/mnist --seeds 0 1 2 --workers 2   # ~1 min per run
     python -m benchmarks.parity --arms project library --epochs 100 --eps-train 0.45 --loss 0.1,2.0,100
 
 Writes ``<out>.csv`` (one row per run, appended as runs finish, so an interrupted sweep resumes)
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
@@ -183,6 +184,12 @@ def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...]) -> dict
     return row
 
 
+def _task(task) -> dict:
+    name, seed, experiment, setting, data = task
+    arm = ARMS[name]
+    return {"setting": setting, "arm": name, **dataclasses.asdict(arm), **run(arm, experiment, seed, data)}
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and range of clean and VRA per arm and setting, in percent."""
     out = []
@@ -207,11 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs (LR decay follows)")
     parser.add_argument("--eps-train", type=float, default=None, help="override training.eps_train")
     parser.add_argument("--loss", default=None, help="override training.loss, e.g. 0.1,2.0,100")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
     parser.add_argument("--out", default="results/parity", help="output path without extension")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     experiment = load_params("params.yaml").experiments["mnist_t10k_2c2f_minmax"]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("eps_train", args.eps_train), ("loss", args.loss))
                  if v is not None}
@@ -223,14 +228,13 @@ def main(argv=None) -> int:
     data = (x[:8000], y[:8000], x[8000:], y[8000:])
     csv = Path(f"{args.out}.csv")
     rows = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["setting", "arm", "seed"])
-    for name in args.arms:
-        for seed in args.seeds:
-            done = rows[(rows["setting"] == setting) & (rows["arm"] == name) & (rows["seed"] == seed)]
-            if len(done):
-                continue
-            row = {"setting": setting, "arm": name, **dataclasses.asdict(ARMS[name]),
-                   **run(ARMS[name], experiment, seed, data)}
-            print(f"{name} seed {seed}: clean {100 * row['clean']:.2f} VRA {100 * row['vra']:.2f}"
+    done = set(zip(rows["setting"], rows["arm"], rows["seed"]))
+    tasks = [(name, seed, experiment, setting, data) for name in args.arms for seed in args.seeds
+             if (setting, name, seed) not in done]
+    threads = 1 if args.workers > 1 else torch.get_num_threads()
+    with multiprocessing.get_context("fork").Pool(args.workers, torch.set_num_threads, (threads,)) as pool:
+        for row in pool.imap_unordered(_task, tasks):
+            print(f"{row['arm']} seed {row['seed']}: clean {100 * row['clean']:.2f} VRA {100 * row['vra']:.2f}"
                   + (f" (selected epoch {row['selected_epoch']}: VRA {100 * row['vra_selected']:.2f})"
                      if "vra_selected" in row else "") + f", {row['seconds']:.0f} s", flush=True)
             rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
