@@ -130,9 +130,9 @@ class Experiment:
                             ("training.converge_tol", training.converge_tol), ("eps_test", self.eps_test)):
             if not value > 0:
                 raise ConfigError(f"{where}.{path}: got {value}, expected a number > 0")
-        if not 0 < data.val_fraction < 1:
-            raise ConfigError(f"{where}.data.val_fraction: got {data.val_fraction}, expected a fraction in (0, 1) "
-                              "(model selection needs a validation split)")
+        if not 0 <= data.val_fraction < 1:
+            raise ConfigError(f"{where}.data.val_fraction: got {data.val_fraction}, expected a fraction in [0, 1) "
+                              "(0: no validation split, the last epoch is the model)")
         if model.model == "standard" and training.loss != "CE":
             raise ConfigError(f"{where}.training.loss: got {training.loss!r}; a standard model trains with plain 'CE'")
         for positive in ("steps", "restarts"):
@@ -155,9 +155,16 @@ class Experiment:
         return self.robust and self.training.loss != "CE"
 
     @property
-    def selection_metric(self) -> str:
-        """What picks the best checkpoint on the validation split."""
+    def selection_metric(self) -> str | None:
+        """What picks the best checkpoint on the validation split; None without one (the last epoch)."""
+        if not self.data.val_fraction:
+            return None
         return "val/vra" if self.robust else "val/clean"
+
+    @property
+    def selection(self) -> str:
+        """How ``best`` is chosen, in words."""
+        return "best on validation split" if self.data.val_fraction else "last epoch (no validation split)"
 
     def schedule(self) -> TrainingSchedule:
         """The warm-up, eps, TRADES-lambda and LR schedules parsed from their paper strings."""

@@ -2,7 +2,8 @@
 
 The warm-up phase trains ``warmup`` epochs of plain cross-entropy and saves ``warmup.ckpt``. The
 robust phase continues from it to ``warmup + epochs`` epochs, keeping the best checkpoint on the
-validation split (``best.ckpt``; VRA for GloRo, clean accuracy for Standard) and the latest
+validation split (``best.ckpt``; VRA for GloRo, clean accuracy for Standard; with
+``data.val_fraction: 0`` there is no split and ``best.ckpt`` is the last epoch) and the latest
 (``last.ckpt``, every epoch). Run again after an interruption, it resumes from ``last.ckpt`` if
 that run is unfinished and has the same trained settings (``Experiment.trained_settings``: not the
 evaluation budgets) and starting point. A run that cannot be resumed is never deleted: it is
@@ -135,12 +136,14 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
     if resume and is_first_process():
         print(f"resuming {experiment.name} from {last}")
+    # without a validation split (selection_metric None) "best" is simply the last epoch
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
     logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
+    no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
-                            callbacks=[best, latest, *callbacks])
+                            callbacks=[best, latest, *callbacks], **no_validation)
     try:
         with float32_precision(precision(experiment)):
             trainer.fit(module, data, ckpt_path=last if resume else start)
@@ -153,8 +156,9 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     costs = training_costs(trainer)
     seconds = costs.epoch_seconds[warmup:] or costs.epoch_seconds
     return {"experiment": experiment.name, "epochs": total, "warmup": warmup,
-            "best_epoch": best_epoch, "selection": experiment.selection_metric,
-            "best_val": float(best.best_model_score), "resumed": bool(resume),
+            "best_epoch": best_epoch, "selection": experiment.selection_metric or experiment.selection,
+            "best_val": None if best.best_model_score is None else float(best.best_model_score),
+            "resumed": bool(resume),
             "sec_per_epoch": sum(seconds) / max(len(seconds), 1), "epoch_seconds": costs.epoch_seconds,
             "mem_mb_per_instance": costs.mem_mb_per_instance,
             "validation_split": data.split, "train_size": len(data.tensors["train"][0]),

@@ -294,6 +294,9 @@ def prepare_data(experiment: Experiment, params: Params) -> Path:
     return data_dir
 
 
+SEARCH_VAL_FRACTION = 0.1  # the split trials are scored on when the experiment itself has none
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True,
@@ -328,6 +331,10 @@ def main(argv=None) -> int:
         if not experiment.robust:
             raise ConfigError(f"--experiment {args.experiment}: a standard model has no GloRo "
                               "hyperparameters to search")
+        if not experiment.data.val_fraction:  # trials are scored on validation VRA, never on the test set
+            experiment = experiment.with_values(val_fraction=SEARCH_VAL_FRACTION)
+            print(f"{args.experiment} trains without a validation split; its trials hold out "
+                  f"{SEARCH_VAL_FRACTION:.0%} of the training data to be scored on")
         accelerator = Hardware.from_env().accelerator
         threads = None if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else 0
         if threads == 0:

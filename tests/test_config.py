@@ -72,7 +72,7 @@ def test_every_architecture_has_a_standard_baseline():
     ("training.batch_size", 0, "experiments.digits_minmax.training.batch_size: got 0"),
     ("training.batch_size", "big", "experiments.digits_minmax.training.batch_size: got 'big', expected int"),
     ("eps_test", -0.3, "experiments.digits_minmax.eps_test: got -0.3"),
-    ("data.val_fraction", 0.0, "data.val_fraction: got 0.0"),
+    ("data.val_fraction", 1.0, "data.val_fraction: got 1.0, expected a fraction in [0, 1)"),
     ("data.dataset", "imagenet", "experiments.digits_minmax.data.dataset: got 'imagenet'"),
     ("attack", {"steps": 10}, None),
     ("attack", {"step": 10}, "experiments.digits_minmax.attack: unknown key(s) ['step']"),

@@ -88,6 +88,26 @@ def test_every_stage_writes_its_outputs(workdir):
     assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 2
 
 
+def test_without_a_validation_split_the_last_epoch_is_the_model(workdir):
+    """``data.val_fraction: 0``: every training image trains, and ``best`` is the last epoch."""
+    params = tiny_params()
+    params["experiments"]["tiny"]["data"] = {"dataset": "digits", "val_fraction": 0.0}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0
+    assert train.main(["tiny"]) == 0
+    summary = json.loads((workdir / "results/training/tiny.json").read_text())
+    assert summary["train_size"] == 1347 and summary["validation_split"]["size"] == 0
+    assert summary["best_epoch"] == 3 and summary["best_val"] is None and summary["selection"].startswith("last epoch")
+    assert checkpoint_epoch(workdir / "models/tiny/train/best.ckpt") == 2
+    assert converge.main(["tiny"]) == 0 and certify.main(["tiny"]) == 0
+    cert = json.loads((workdir / "results/certification/tiny.json").read_text())
+    assert cert["selection"] == "last epoch (no validation split)" and cert["epoch"] == cert["last"]["epoch"] == 3
+    _, net, _ = load_gloro(workdir / "models/tiny/best")
+    converged = [layer.lipschitz().item() for layer in net.layers]
+    net.converge(1e-6)
+    assert converged == pytest.approx([layer.lipschitz().item() for layer in net.layers], rel=1e-4)
+
+
 def test_killed_training_resumes_from_last_checkpoint(workdir):
     (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=40)))
     assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0 and warmup.main(["tiny"]) == 0

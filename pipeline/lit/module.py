@@ -2,10 +2,10 @@
 
 Per epoch: warm-up epochs train f with plain cross-entropy; robust epochs train the GloRo net at
 the scheduled eps with TRADES(lambda) or CE over the m+1 logits; the LR follows the paper's
-schedule; every step's loss is the core's ``step_loss``. Before every validation, power iteration
-runs to convergence so validation VRA uses the converged bound (as the paper's evaluation does),
-in IEEE float32. Time and memory are measured by ``pipeline.lit.costs``. Metric keys:
-``train/*``, ``val/*``.
+schedule; every step's loss is the core's ``step_loss``. Before every validation (at every epoch's
+end without a validation split), power iteration runs to convergence so validation VRA uses the
+converged bound (as the paper's evaluation does), in IEEE float32. Time and memory are measured
+by ``pipeline.lit.costs``. Metric keys: ``train/*``, ``val/*``.
 
 Under DDP each rank takes its share of every global batch (``pipeline.lit.datamodule``); its
 mean loss is weighted by its share, so the averaged gradient is the global batch's whatever the
@@ -67,12 +67,21 @@ class GloroModule(L.LightningModule):
         share = len(x) * self.trainer.world_size / total  # 1 on one process
         return step.loss if share == 1 else step.loss * share
 
-    def on_validation_epoch_start(self) -> None:
+    def _converge_iterates(self) -> None:
+        """Power iteration to convergence, in IEEE float32; under DDP, rank 0's iterates everywhere."""
         with float32_precision("ieee"):
             self.net.converge(self.experiment.training.converge_tol)
             if self.trainer.world_size > 1:  # the same iterates on every rank, whatever each computed
                 for layer in self.net.layers:
                     torch.distributed.broadcast(layer.u, src=0)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.experiment.data.val_fraction:  # no validation: converge here, as it would
+            self._converge_iterates()
+
+    def on_validation_epoch_start(self) -> None:
+        self._converge_iterates()
+        with float32_precision("ieee"):
             self._val_k = self.net.k_ij().detach()
             self.log("val/lipschitz", self.net.layer_product())
 

@@ -65,7 +65,7 @@ def certify(params, experiment) -> int:
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
     results["last"].pop("radius_curve")
-    summary = {"experiment": name, "selection": "best on validation split",
+    summary = {"experiment": name, "selection": experiment.selection,
                **results["best"], "last": results["last"]}
     write_json(f"results/certification/{name}.json", summary)
     with atomic_open(f"results/plots/radius/{name}.csv", "w") as handle:

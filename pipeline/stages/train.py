@@ -24,7 +24,8 @@ def train(params, experiment) -> None:
     if summary is None:  # a DDP rank other than 0: rank 0 writes the results
         return
     write_json(f"results/training/{name}.json", summary)
-    print(f"{name}: best {summary['selection']} {summary['best_val']:.4f} at epoch {summary['best_epoch']}"
+    chosen = "" if summary["best_val"] is None else f" {summary['best_val']:.4f}"
+    print(f"{name}: best ({summary['selection']}){chosen} at epoch {summary['best_epoch']}"
           f" of {summary['epochs']}, {summary['sec_per_epoch']:.2f} s/epoch")
 
 
