@@ -214,7 +214,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                 entry[f"{key} sd"] = f"{values.std(ddof=1):.2f}" if len(values) > 1 else "-"
                 entry[f"{key} range"] = f"{values.min():.2f}-{values.max():.2f}"
         out.append(entry)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).fillna("")
 
 
 def main(argv=None) -> int:
