@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 
 import torch
-
 import wandb
+
 from pipeline.artifacts import SELECTIONS, load_gloro
 from pipeline.data.arrays import DatasetArrays
 from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
