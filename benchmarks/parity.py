@@ -50,7 +50,7 @@ from pipeline.config import load_params
 from pipeline.data.mnist import read_mnist_split
 from pipeline.gloro import GloroNet, build_network, step_loss
 from pipeline.gloro.layers import _unit
-from pipeline.gloro.model import certify_logits
+from pipeline.gloro.model import certify_logits, gloro_logits
 from pipeline.io import atomic_open
 
 
@@ -93,7 +93,6 @@ class ThroughIterations(GloroNet):
         return sub
 
     def forward(self, x, eps=None):
-        from pipeline.gloro.model import gloro_logits
         return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
 
 
