@@ -201,6 +201,16 @@ def _task(task) -> dict:
     return {"setting": setting, "arm": name, **dataclasses.asdict(arm), **run(arm, experiment, seed, data)}
 
 
+def _results(tasks: list, workers: int):
+    """Each task's row as it finishes: in this process for one worker, else in forked processes of one
+    torch thread each (a fork of a process whose torch threads have run may hang if it uses several)."""
+    if workers == 1:
+        yield from map(_task, tasks)
+        return
+    with multiprocessing.get_context("fork").Pool(workers, torch.set_num_threads, (1,)) as pool:
+        yield from pool.imap_unordered(_task, tasks)
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and range of clean and VRA per arm and setting, in percent."""
     out = []
@@ -242,15 +252,13 @@ def main(argv=None) -> int:
     done = set(zip(rows["setting"], rows["arm"], rows["seed"]))
     tasks = [(name, seed, experiment, setting, data) for name in args.arms for seed in args.seeds
              if (setting, name, seed) not in done]
-    threads = 1 if args.workers > 1 else torch.get_num_threads()
-    with multiprocessing.get_context("fork").Pool(args.workers, torch.set_num_threads, (threads,)) as pool:
-        for row in pool.imap_unordered(_task, tasks):
-            print(f"{row['arm']} seed {row['seed']}: clean {100 * row['clean']:.2f} VRA {100 * row['vra']:.2f}"
-                  + (f" (selected epoch {row['selected_epoch']}: VRA {100 * row['vra_selected']:.2f})"
-                     if "vra_selected" in row else "") + f", {row['seconds']:.0f} s", flush=True)
-            rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-            with atomic_open(csv, "w") as handle:
-                rows.to_csv(handle, index=False)
+    for row in _results(tasks, args.workers):
+        print(f"{row['arm']} seed {row['seed']}: clean {100 * row['clean']:.2f} VRA {100 * row['vra']:.2f}"
+              + (f" (selected epoch {row['selected_epoch']}: VRA {100 * row['vra_selected']:.2f})"
+                 if "vra_selected" in row else "") + f", {row['seconds']:.0f} s", flush=True)
+        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+        with atomic_open(csv, "w") as handle:
+            rows.to_csv(handle, index=False)
     with atomic_open(f"{args.out}.md", "w") as handle:
         handle.write(summary(rows).to_markdown(index=False) + "\n")
     print(summary(rows).to_markdown(index=False))
