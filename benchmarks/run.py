@@ -4,7 +4,8 @@ Writes ``<out>.json`` and ``<out>.md`` (default ``results/benchmarks``). Every f
 against a baseline timed in the same loop, interleaved with it, as the median over repeats:
 
   architectures  GloRo training step / plain step (goal <= 1.10), certification / plain inference
-                 throughput (goal >= 0.9), memory per instance GloRo / Standard; batch 256
+                 throughput (goal >= 0.9), memory per instance GloRo / Standard; batch 256 (--batch-sizes);
+                 on CUDA eager and replayed from CUDA graphs, side by side
   one_off        power iteration to convergence (tol 1e-5) and the sound bound, in inference batches
   epochs         a pipeline (Lightning) epoch with data and augmentation / bare forward-backward
                  passes of the same batches (goal <= 1.10), and s/epoch against the paper's
@@ -47,12 +48,16 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure; the median is kept")
     parser.add_argument("--device", default=None,
                         help="torch device (default: GLORO_ACCELERATOR's, i.e. cuda when available)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256],
+                        help="batch sizes of the architectures section (default: 256)")
     parser.add_argument("--out", default="results/benchmarks", help="output path without extension")
     parser.add_argument("--before", default="results/benchmarks_before.json",
                         help="an earlier run's JSON to compare against (skipped when absent)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if min(args.batch_sizes) < 1:
+        parser.error(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
     device = torch.device(args.device) if args.device else Hardware.from_env().device()
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
     with torch.random.fork_rng():
         for name in tqdm(args.sections, desc="benchmarks", unit="section"):
             tqdm.write(f"running {name} ...")
-            results["sections"][name] = SECTIONS[name](device, args.repeats)
+            extra = {"batch_sizes": tuple(args.batch_sizes)} if name == "architectures" else {}
+            results["sections"][name] = SECTIONS[name](device, args.repeats, **extra)
     before = Path(args.before)
     comparable = before.exists() and before.resolve() != Path(f"{args.out}.json").resolve()
     previous = json.loads(before.read_text()) if comparable else None

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.exported import ExportedModel
 from pipeline.gloro import GloroNet, build_network, step_loss
+from pipeline.gloro.graphs import GraphedFunction, GraphedStep
 from pipeline.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
 
 # architecture -> (input shape of its dataset, classes)
@@ -50,19 +51,24 @@ class Workload:
         return cls(network(architecture, shape, classes, device), x, y)
 
     def __post_init__(self):
-        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7)
+        # as the pipeline's module: Adam with Keras's epsilon, fused on CUDA
+        fused = self.x.device.type == "cuda" or None
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, fused=fused)
         self._sound_bounds = None
+        # one GraphedStep per loss: each holds one graph per batch shape
+        self._graphed = {"plain": GraphedStep(self.net), "gloro": GraphedStep(self.net)}
+        self._graphed_inference = GraphedFunction(lambda x: {"logits": self.net.f(x)})
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
 
-    def plain_loss(self) -> torch.Tensor:
-        return step_loss(self.net, self.x, self.y, None).loss
+    def plain_loss(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        return step_loss(self.net, self.x if x is None else x, self.y if y is None else y, None).loss
 
-    def gloro_loss(self) -> torch.Tensor:
-        return step_loss(self.net, self.x, self.y, EPS, TRADES_LAMBDA).loss
+    def gloro_loss(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        return step_loss(self.net, self.x if x is None else x, self.y if y is None else y, EPS, TRADES_LAMBDA).loss
 
     def plain_step(self) -> None:
         """Standard training: cross-entropy on f, backward, Adam."""
@@ -74,6 +80,13 @@ class Workload:
         self.net.train()
         self._step(self.gloro_loss())
 
+    def graphed_step(self, loss: str) -> None:
+        """``plain_step`` or ``gloro_step`` with forward and backward replayed from a CUDA graph (eager on a CPU)."""
+        self.net.train()
+        loss_of = self.plain_loss if loss == "plain" else self.gloro_loss
+        self._graphed[loss](self.x, self.y, lambda x, y: {"loss": loss_of(x, y)})
+        self.optimiser.step()
+
     def power_iteration(self) -> None:
         self.net.power_iterate(self.net.power_iterations)
 
@@ -82,7 +95,12 @@ class Workload:
         self.net.eval()
         return self.net.f(self.x)
 
-    def certifier(self, bound: str = "power"):
+    def graphed_inference(self) -> torch.Tensor:
+        """``inference`` replayed from a CUDA graph (eager on a CPU)."""
+        self.net.eval()
+        return self._graphed_inference(self.x)["logits"]
+
+    def certifier(self, bound: str = "power", graphs: bool = False):
         """Certification as the pipeline runs it: the bounds computed once, after training (the
         exported ``lipschitz.json``); each call is then one forward pass and the margin test."""
         self.net.eval()
@@ -90,7 +108,7 @@ class Workload:
         # (later training steps move the weights a little), so they are computed once per workload
         self._sound_bounds = self._sound_bounds or self.net.sound_bounds()
         exported = ExportedModel.of(self.net, self._sound_bounds).to(self.x.device)
-        return lambda: exported.certify(self.x, bound=bound)
+        return lambda: exported.certify(self.x, bound=bound, graphs=graphs)
 
     def training_mb_per_instance(self, loss_of) -> float:
         """Appendix E per-instance memory of one training step (see ``pipeline.measure``)."""

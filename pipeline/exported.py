@@ -18,18 +18,22 @@ A model folder holds:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from pipeline.gloro import GloroNet, SoundBound, float32_precision, ieee_arithmetic
-from pipeline.gloro.model import BOUNDS, Bound, Certificate, batched_logits, certify_float64, certify_logits
+from pipeline.gloro.gemm_conv import gemm_convolutions
+from pipeline.gloro.graphs import GraphedFunction
+from pipeline.gloro.model import BOUNDS, Bound, Certificate, certify_logits
+from pipeline.gloro.precision import require_ieee
 from pipeline.io import MismatchError, atomic_open, content_digest, file_digest, write_json
 
 REQUIRED_KEYS = ("eps", "K", "K_sound", "rounding_float64", "input_shape", "num_classes", "model_pt2_sha256",
@@ -61,7 +65,8 @@ class ExportedModel:
 
     ``k`` is the power-iteration K (the paper's certificate, float32), ``k_sound`` the provable K
     and ``rounding_float64`` the float64 pass's per-logit rounding bound (float64 both); ``info``
-    is the rest of ``lipschitz.json``.
+    is the rest of ``lipschitz.json``. ``certify`` keeps its float64 copy of f and, on CUDA, its
+    graphs in ``cache``.
     """
 
     f: torch.nn.Module
@@ -70,6 +75,7 @@ class ExportedModel:
     k_sound: torch.Tensor
     rounding_float64: torch.Tensor
     info: dict
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, net: GloroNet, sound_bounds: list[SoundBound] | None = None) -> ExportedModel:
@@ -150,7 +156,7 @@ class ExportedModel:
     def to(self, device: torch.device | str) -> ExportedModel:
         """The model and its bounds on ``device`` (f is moved in place)."""
         return dataclasses.replace(self, f=self.f.to(device), k=self.k.to(device), k_sound=self.k_sound.to(device),
-                                   rounding_float64=self.rounding_float64.to(device))
+                                   rounding_float64=self.rounding_float64.to(device), cache={})
 
     def margin_bounds(self, bound: Bound) -> torch.Tensor:
         """K of the ``power`` bound or ``sound`` (provable) bound. ``[m, m]``."""
@@ -162,17 +168,38 @@ class ExportedModel:
         """The largest margin bound K_ij: an upper bound on the Lipschitz constant of every margin."""
         return float(self.margin_bounds(bound).max())
 
+    def _batch_certifier(self, bound: Bound, eps: float, graphs: bool) -> GraphedFunction:
+        """The certificate of one batch as a function (a CUDA graph per batch shape on CUDA with ``graphs``)."""
+        key = (bound, eps, graphs)
+        if key not in self.cache:
+            k = self.margin_bounds(bound)
+            if bound == "sound":
+                f64 = self.cache.setdefault("f64", copy.deepcopy(self.f).double())
+                rounding = self.rounding_float64
+                def fn(x: torch.Tensor) -> dict:
+                    with gemm_convolutions():  # one GEMM per convolution on CUDA, same rounding bound
+                        logits = f64(x.double())
+                    return vars(certify_logits(logits, k, eps, rounding))
+            else:
+                fn = lambda x: vars(certify_logits(self.f(x), k.float(), eps))
+            self.cache[key] = GraphedFunction(fn, enabled=graphs)
+        return self.cache[key]
+
+    @torch.no_grad()
     def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "sound",
-                batch_size: int = 1000) -> Certificate:
-        """Predict and certify ``x`` (on f's device) at radius ``eps`` (default: the exported one).
+                batch_size: int = 1000, graphs: bool = True) -> Certificate:
+        """Predict and certify ``x`` (on f's device) at radius ``eps`` (default: the exported one),
+        ``batch_size`` inputs at a time; on CUDA with ``graphs`` each batch shape is one CUDA graph.
 
         ``sound``: provable, f in float64 with its rounding bounded, against ``k_sound``, in
         ``ieee_arithmetic``. ``power``: the paper's certificate, f in IEEE float32 against ``k``.
         """
         eps = self.eps if eps is None else eps
-        k = self.margin_bounds(bound)
-        if bound == "sound":
-            with ieee_arithmetic():
-                return certify_float64(self.f, x, k, eps, self.rounding_float64, batch_size)
-        with float32_precision("ieee"):
-            return certify_logits(batched_logits(self.f, x, batch_size), k.float(), eps)
+        self.margin_bounds(bound)  # refuses an unknown bound
+        certify_batch = self._batch_certifier(bound, eps, graphs)
+        with ieee_arithmetic() if bound == "sound" else float32_precision("ieee"):
+            if bound == "sound":
+                require_ieee(x.device, torch.float64, "the provable float64 certificate")
+            parts = [{name: value.clone() for name, value in certify_batch(x[i:i + batch_size]).items()}
+                     for i in range(0, len(x), batch_size)]
+        return Certificate(**{name: torch.cat([part[name] for part in parts]) for name in parts[0]})

@@ -8,6 +8,7 @@ view) and one checkout runs unchanged on a laptop, one GPU or a node of eight.
     GLORO_DEVICES      devices per node for the training stages: a count (default 1) or auto (every visible GPU)
     GLORO_STRATEGY     auto (default: ddp when several devices) | ddp
     GLORO_NUM_NODES    nodes for the training stages (default 1); see README for launching several
+    GLORO_CUDA_GRAPHS  1 (default): on one CUDA device, replay each training step from a CUDA graph | 0: eager
 
 Only warm-up and training use several devices (Lightning DDP, global batch = ``batch_size``);
 every other stage runs in one process on the first device.
@@ -42,12 +43,14 @@ def _count(environ: Mapping[str, str], name: str, default: str, allow_auto: bool
 
 @dataclass(frozen=True)
 class Hardware:
-    """Where the stages run: ``accelerator`` (cpu | cuda), ``devices`` per node, ``strategy``, ``num_nodes``."""
+    """Where the stages run: ``accelerator`` (cpu | cuda), ``devices`` per node, ``strategy``, ``num_nodes``,
+    and whether one CUDA device replays training steps from CUDA graphs (``cuda_graphs``)."""
 
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
     num_nodes: int = 1
+    cuda_graphs: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Hardware:
@@ -66,12 +69,15 @@ class Hardware:
         strategy = environ.get("GLORO_STRATEGY", "auto")
         if strategy not in STRATEGIES:
             raise HardwareError(f"GLORO_STRATEGY={strategy!r}: expected one of {list(STRATEGIES)}")
+        graphs = environ.get("GLORO_CUDA_GRAPHS", "1")
+        if graphs not in ("0", "1"):
+            raise HardwareError(f"GLORO_CUDA_GRAPHS={graphs!r}: expected 1 (CUDA graphs on one CUDA device) or 0")
         return cls(accelerator, _count(environ, "GLORO_DEVICES", "1", allow_auto=True), strategy,
-                   _count(environ, "GLORO_NUM_NODES", "1", allow_auto=False))
+                   _count(environ, "GLORO_NUM_NODES", "1", allow_auto=False), graphs == "1")
 
     def one_device(self) -> Hardware:
         """The same accelerator with a single device and node (single-process work, e.g. a search trial)."""
-        return Hardware(self.accelerator)
+        return Hardware(self.accelerator, cuda_graphs=self.cuda_graphs)
 
     def device(self) -> torch.device:
         """The device of single-process stages: the current CUDA device, or the CPU."""

@@ -64,7 +64,7 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     hardware = hardware or Hardware.from_env()
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     data = datamodule_for(experiment, data_dir)
-    module = GloroModule(experiment.trained_settings(), *data.describe())
+    module = GloroModule(experiment.trained_settings(), *data.describe(), cuda_graphs=hardware.cuda_graphs)
     logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
     trainer = build_trainer(warmup, logger, hardware if warmup else hardware.one_device(),
                             experiment.training.batch_size, limit_val_batches=0, enable_checkpointing=False)
@@ -130,7 +130,8 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     out_dir = Path(out_dir)
     data = datamodule_for(experiment, data_dir)
-    module = GloroModule(experiment.trained_settings(), *data.describe(), start=file_digest(start))
+    module = GloroModule(experiment.trained_settings(), *data.describe(), start=file_digest(start),
+                         cuda_graphs=hardware.cuda_graphs)
     total = experiment.schedule().total_epochs
     last = out_dir / "last.ckpt"
     resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())

@@ -7,6 +7,11 @@ end without a validation split), power iteration runs to convergence so validati
 converged bound (as the paper's evaluation does), in IEEE float32. Time and memory are measured
 by ``pipeline.lit.costs``. Metric keys: ``train/*``, ``val/*``.
 
+On one CUDA device each step's forward and backward (power iteration, logits, margin bounds,
+loss, the step's metrics) is replayed from a CUDA graph (``pipeline.gloro.graphs``) that reads
+eps and lambda from device tensors, so one graph per batch shape serves every epoch; Adam is
+fused. ``cuda_graphs=False`` (``GLORO_CUDA_GRAPHS=0``) runs it eagerly.
+
 Under DDP each rank takes its share of every global batch (``pipeline.lit.datamodule``); its
 mean loss is weighted by its share, so the averaged gradient is the global batch's whatever the
 split. DDP broadcasts the power-iteration iterates from rank 0 before every forward; after the
@@ -23,6 +28,7 @@ from torchmetrics import MeanMetric
 from pipeline.artifacts import build_gloro
 from pipeline.config import Experiment
 from pipeline.gloro import step_loss
+from pipeline.gloro.graphs import GraphedStep
 from pipeline.gloro.model import clean_accuracy, gloro_logits, gloro_prediction, predicted_class, vra
 from pipeline.gloro.precision import float32_precision
 
@@ -30,9 +36,15 @@ from pipeline.gloro.precision import float32_precision
 class GloroModule(L.LightningModule):
     """Trains ``GloroNet`` following an ``Experiment``'s schedules (Standard models: CE on f only)."""
 
-    def __init__(self, experiment: dict, input_shape: list[int], num_classes: int, start: str | None = None):
+    def __init__(self, experiment: dict, input_shape: list[int], num_classes: int, start: str | None = None,
+                 cuda_graphs: bool = True):
         super().__init__()
-        self.save_hyperparameters()  # the experiment's trained settings: the checkpoint describes its run
+        # the experiment's trained settings: the checkpoint describes its run (how fast it ran is not part of it)
+        self.save_hyperparameters(ignore=["cuda_graphs"])
+        self.cuda_graphs = cuda_graphs
+        self._graphed: GraphedStep | None = None  # set on one CUDA device with cuda_graphs
+        self._schedule_values: tuple[float, float] | None = None
+        self.graph_captures = 0  # CUDA graphs captured by the last fit
         self.experiment = Experiment.from_dict(experiment)
         self.net = build_gloro(self.experiment, tuple(input_shape), num_classes)
         self.schedule = self.experiment.schedule()
@@ -41,9 +53,46 @@ class GloroModule(L.LightningModule):
 
     def configure_optimizers(self):
         init_lr = self.experiment.training.init_lr
-        optimiser = torch.optim.Adam(self.parameters(), lr=init_lr, eps=1e-7)  # Keras's Adam epsilon
+        # Keras's Adam epsilon; on CUDA one fused kernel
+        optimiser = torch.optim.Adam(self.parameters(), lr=init_lr, eps=1e-7, fused=self.device.type == "cuda" or None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda epoch: self.schedule.at(epoch).lr / init_lr)
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_train_start(self) -> None:
+        graphs = self.cuda_graphs and self.device.type == "cuda" and self.trainer.world_size == 1
+        self._graphed = GraphedStep(self.net) if graphs else None  # DDP's gradient hooks need the eager step
+        self._schedule_values = None
+
+    def on_train_end(self) -> None:
+        if self._graphed is not None:
+            self.graph_captures = self._graphed.captures
+        self._graphed = None  # releases the graphs' memory
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self._graphed is None:  # a replayed graph has already run backward
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._graphed is None:  # a replayed graph has just written the gradients
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def _scheduled_tensors(self, eps: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """0-dim device tensors holding this epoch's eps and lambda, refilled (no sync) when they change."""
+        if self._schedule_values is None:
+            self._schedule_tensors = (torch.zeros((), device=self.device), torch.zeros((), device=self.device))
+        if self._schedule_values != (eps, lam):
+            for tensor, value in zip(self._schedule_tensors, (eps, lam)):
+                tensor.fill_(value)
+            self._schedule_values = (eps, lam)
+        return self._schedule_tensors
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor | None,
+                lam: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        step = step_loss(self.net, x, y, eps, lam, self.experiment.trades)
+        outputs = {"loss": step.loss, "train/clean": clean_accuracy(step.logits, y)}
+        if step.gloro is not None:
+            outputs["train/vra"] = vra(step.gloro, y)
+        return outputs
 
     def on_train_epoch_start(self) -> None:
         settings = self.schedule.at(self.current_epoch)
@@ -57,15 +106,19 @@ class GloroModule(L.LightningModule):
             return sum(p.sum() for p in self.parameters()) * 0.0
         settings = self.schedule.at(self.current_epoch)
         robust = settings.robust and self.experiment.robust
-        step = step_loss(self.net, x, y, settings.eps if robust else None, settings.lam, self.experiment.trades)
-        metrics = {"train/clean": clean_accuracy(step.logits, y)}
-        if step.gloro is not None:
-            metrics["train/vra"] = vra(step.gloro, y)
-        self.log("train/loss", step.loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+        eps = settings.eps if robust else None
+        if self._graphed is not None:  # eps and lambda as device tensors: one graph serves every epoch
+            eps_t, lam_t = self._scheduled_tensors(settings.eps, settings.lam)
+            losses = lambda x, y: self._losses(x, y, eps_t if robust else None, lam_t)
+            metrics = dict(self._graphed(x, y, losses, key=robust))
+        else:
+            metrics = self._losses(x, y, eps, settings.lam)
+        loss = metrics.pop("loss")
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         share = len(x) * self.trainer.world_size / total  # 1 on one process
-        return step.loss if share == 1 else step.loss * share
+        return loss if share == 1 else loss * share
 
     def _converge_iterates(self) -> None:
         """Power iteration to convergence, in IEEE float32; under DDP, rank 0's iterates everywhere."""
