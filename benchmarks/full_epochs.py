@@ -63,11 +63,11 @@ def synthetic_data(experiment, device: torch.device, images: int | None = None) 
     size (or ``images`` of them), on ``device``."""
     n, shape, classes = SHAPES[experiment.data.dataset]
     n = images or n
-    data = datamodule_for(experiment, "unused")
+    data = datamodule_for(experiment, "unused")  # no files: setup() keeps the tensors set here
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, 256, (n, *shape), generator=g, device=device, dtype=torch.uint8)
     y = torch.randint(0, classes, (n,), generator=g, device=device)
-    data.tensors = {"train": (x, y), "val": (x[:0], y[:0]), "test": (x[:0], y[:0])}  # setup() keeps them
+    data.tensors = {"train": (x, y), "val": (x[:0], y[:0]), "test": (x[:0], y[:0])}
     return data
 
 
@@ -76,9 +76,8 @@ def train_epochs(name: str, epochs: int, hardware: Hardware, out_dir: Path | Non
     """``epochs`` epochs of the row ``name`` on synthetic data; returns (trainer, module, EpochEnds)."""
     experiment = load_params(params_path).experiments[name].with_values(warmup=0)
     experiment = experiment.with_values(epochs=epochs)
-    n, shape, classes = SHAPES[experiment.data.dataset]
-    device = hardware.device()
-    data = synthetic_data(experiment, device, images)
+    _, shape, classes = SHAPES[experiment.data.dataset]
+    data = synthetic_data(experiment, hardware.device(), images)
     module = GloroModule(experiment.trained_settings(), list(shape), classes, cuda_graphs=hardware.cuda_graphs)
     ends = EpochEnds()
     callbacks = [ends]
@@ -94,8 +93,7 @@ def train_epochs(name: str, epochs: int, hardware: Hardware, out_dir: Path | Non
 def epoch_row(name: str, epochs: int, hardware: Hardware, images: int | None = None) -> dict:
     trainer, module, ends = train_epochs(name, epochs, hardware, images=images)
     costs = training_costs(trainer)
-    n, shape, _ = SHAPES[module.experiment.data.dataset]
-    n = images or n
+    n, shape = len(trainer.datamodule.tensors["train"][0]), SHAPES[module.experiment.data.dataset][1]
     seconds = costs.epoch_seconds[-1]
     paper = D1A[name][3]
     epoch_walls = [b - a for a, b in zip(ends.ends, ends.ends[1:])]
@@ -112,9 +110,9 @@ def long_run(name: str, epochs: int, hardware: Hardware, images: int | None = No
     """``epochs`` epochs with a checkpoint every epoch, stopped at half and resumed from ``last.ckpt``."""
     with tempfile.TemporaryDirectory() as tmp:
         half = epochs // 2
-        first, _, ends_first = train_epochs(name, epochs, hardware, Path(tmp), stop_after=half, images=images)
+        _, _, ends_first = train_epochs(name, epochs, hardware, Path(tmp), stop_after=half, images=images)
         saved_epoch = torch.load(Path(tmp) / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
-        second, module, ends_second = train_epochs(name, epochs, hardware, Path(tmp), resume=True, images=images)
+        second, _, ends_second = train_epochs(name, epochs, hardware, Path(tmp), resume=True, images=images)
         costs = training_costs(second)
     seconds = costs.epoch_seconds  # both halves: the callback's state travels in the checkpoint
     tenth = max(1, len(seconds) // 10)

@@ -172,7 +172,7 @@ class ExportedModel:
         """The certificate of one batch as a function (a CUDA graph per batch shape on CUDA with ``graphs``)."""
         key = (bound, eps, graphs)
         if key not in self.cache:
-            k = self.margin_bounds(bound)
+            k = self.margin_bounds(bound)  # refuses an unknown bound before anything is cached
             if bound == "sound":
                 f64 = self.cache.setdefault("f64", copy.deepcopy(self.f).double())
                 rounding = self.rounding_float64
@@ -195,8 +195,7 @@ class ExportedModel:
         ``ieee_arithmetic``. ``power``: the paper's certificate, f in IEEE float32 against ``k``.
         """
         eps = self.eps if eps is None else eps
-        self.margin_bounds(bound)  # refuses an unknown bound
-        certify_batch = self._batch_certifier(bound, eps, graphs)
+        certify_batch = self._batch_certifier(bound, eps, graphs)  # refuses an unknown bound
         with ieee_arithmetic() if bound == "sound" else float32_precision("ieee"):
             if bound == "sound":
                 require_ieee(x.device, torch.float64, "the provable float64 certificate")

@@ -47,7 +47,8 @@ def _train(net: GloroNet, batches, schedule, graphs: bool, tensors: bool = False
     eps_t, lam_t = torch.zeros((), device=device), torch.zeros((), device=device)
     for (x, y), (eps, lam) in zip(batches, schedule):
         if tensors:
-            eps_t.fill_(eps or 0.0), lam_t.fill_(lam)
+            eps_t.fill_(eps or 0.0)
+            lam_t.fill_(lam)
             loss_of = lambda x, y: {"loss": step_loss(net, x, y, None if eps is None else eps_t, lam_t).loss}
             key = eps is None
         else:
