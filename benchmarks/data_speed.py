@@ -15,9 +15,9 @@ import time
 import torch
 from torchvision.transforms import v2
 
-from pipeline.data import digits
-from pipeline.data.augment import Augment
-from pipeline.data.mnist import read_mnist_split
+from gloro_repro.data import digits
+from gloro_repro.data.augment import Augment
+from gloro_repro.data.mnist import read_mnist_split
 
 
 def best_of(fn, repeats: int) -> float:

@@ -27,14 +27,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tqdm import tqdm
 
-from pipeline.config import load_params
-from pipeline.hardware import Hardware
-from pipeline.io import atomic_open, write_json
-from pipeline.lit.costs import training_costs
-from pipeline.lit.datamodule import ArraysDataModule
-from pipeline.lit.module import GloroModule
-from pipeline.paper import D1A
-from pipeline.training import build_trainer, datamodule_for
+from gloro_repro.config import load_params
+from gloro_repro.hardware import Hardware
+from gloro_repro.io import atomic_open, write_json
+from gloro_repro.lit.costs import training_costs
+from gloro_repro.lit.datamodule import ArraysDataModule
+from gloro_repro.lit.module import GloroModule
+from gloro_repro.paper import D1A
+from gloro_repro.training import build_trainer, datamodule_for
 
 from .run import describe_device
 

@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.config import load_params
-from pipeline.data.mnist import read_mnist_split
-from pipeline.gloro import GloroNet, build_network, step_loss
-from pipeline.gloro.layers import _unit
-from pipeline.gloro.model import certify_logits, gloro_logits
-from pipeline.io import atomic_open
+from gloro_repro.config import load_params
+from gloro_repro.data.mnist import read_mnist_split
+from gloro_repro.gloro import GloroNet, build_network, step_loss
+from gloro_repro.gloro.layers import _unit
+from gloro_repro.gloro.model import certify_logits, gloro_logits
+from gloro_repro.io import atomic_open
 
 
 @dataclass(frozen=True)

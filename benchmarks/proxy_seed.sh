@@ -22,12 +22,12 @@ yaml.safe_dump(p, open("params.yaml", "w"))
 PY
 for stage in "prepare mnist_t10k" dataset warmup train converge; do
     set -- $stage
-    "$py" -m "pipeline.stages.$1" "${2:-mnist_t10k_2c2f_minmax}" > /dev/null 2>&1 || { echo "stage $stage failed in $dir"; exit 1; }
+    "$py" -m "gloro_repro.stages.$1" "${2:-mnist_t10k_2c2f_minmax}" > /dev/null 2>&1 || { echo "stage $stage failed in $dir"; exit 1; }
 done
 "$py" - "$seed" <<'PY'
 import sys
 import numpy as np, torch
-from pipeline.exported import ExportedModel
+from gloro_repro.exported import ExportedModel
 d = np.load("data/mnist_t10k/mnist_t10k.npz")
 x, y = torch.from_numpy(d["x_test"]).float() / 255, torch.from_numpy(d["y_test"])
 c = ExportedModel.load("models/mnist_t10k_2c2f_minmax/best").certify(x, bound="power")

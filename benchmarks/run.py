@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.hardware import Hardware
-from pipeline.io import atomic_open, write_json
+from gloro_repro.hardware import Hardware
+from gloro_repro.io import atomic_open, write_json
 
 from .report import render
 from .sections import SECTIONS

@@ -43,7 +43,7 @@ def controlled(sleep: float):
 
 
 def worker(url: str, name: str, sleep: float, heartbeat: int, grace: int) -> dict:
-    from pipeline.config import load_params
+    from gloro_repro.config import load_params
     from sweeps.claims import open_storage
     from sweeps.greedy import GreedySearch
     from sweeps.steps import Budget
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         return 0
     import pandas as pd
 
-    from pipeline.io import atomic_open, write_json
+    from gloro_repro.io import atomic_open, write_json
 
     rows = [run_load(args.storage, int(n), args.sleep) for n in args.workers.split(",")]
     write_json(args.out.with_suffix(".json"), {"storage": args.storage.split(":")[0],

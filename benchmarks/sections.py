@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.gloro import step_loss
-from pipeline.gloro.lower_bounds import global_lower_bound
-from pipeline.measure import inference_mb_per_instance
+from gloro_repro.gloro import step_loss
+from gloro_repro.gloro.lower_bounds import global_lower_bound
+from gloro_repro.measure import inference_mb_per_instance
 
 from .timing import interleaved, median_ms, median_ratio, timed
 from .workloads import ARCHITECTURES, Workload, network
@@ -165,7 +165,7 @@ EPOCH_CONFIGS = {"mnist_2c2f_minmax": (40, 60_000, 0.9), "cifar10_6c2f_minmax": 
 
 
 def _synthetic_dataset(directory: Path, name: str, n: int, shape: tuple[int, ...], classes: int) -> None:
-    from pipeline.data.arrays import DatasetArrays
+    from gloro_repro.data.arrays import DatasetArrays
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     y = rng.integers(0, classes, size=n).astype(np.int64)
@@ -176,12 +176,12 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
     """A Lightning training epoch of the pipeline (in-memory data, uint8 -> [0, 1], the
     experiment's augmentation, logging) against the bare GloRo forward/backward passes of the same
     batches, prepared beforehand on the device; and the epoch time extrapolated to the full dataset."""
-    from pipeline.config import load_params
-    from pipeline.hardware import Hardware
-    from pipeline.lit.costs import training_costs
-    from pipeline.lit.datamodule import ArraysDataModule
-    from pipeline.lit.module import GloroModule
-    from pipeline.training import build_trainer
+    from gloro_repro.config import load_params
+    from gloro_repro.hardware import Hardware
+    from gloro_repro.lit.costs import training_costs
+    from gloro_repro.lit.datamodule import ArraysDataModule
+    from gloro_repro.lit.module import GloroModule
+    from gloro_repro.training import build_trainer
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one fit per repeat: keep it quiet
     params = load_params(params_path)

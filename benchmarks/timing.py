@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from pipeline import measure
+from gloro_repro import measure
 
 
 def timed(work: Callable[[], object], device: torch.device, calls: int = 1) -> float:

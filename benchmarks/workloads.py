@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.exported import ExportedModel
-from pipeline.gloro import GloroNet, build_network, step_loss
-from pipeline.gloro.graphs import GraphedFunction, GraphedStep
-from pipeline.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import GloroNet, build_network, step_loss
+from gloro_repro.gloro.graphs import GraphedFunction, GraphedStep
+from gloro_repro.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
 
 # architecture -> (input shape of its dataset, classes)
 ARCHITECTURES = {
@@ -111,7 +111,7 @@ class Workload:
         return lambda: exported.certify(self.x, bound=bound, graphs=graphs)
 
     def training_mb_per_instance(self, loss_of) -> float:
-        """Appendix E per-instance memory of one training step (see ``pipeline.measure``)."""
+        """Appendix E per-instance memory of one training step (see ``gloro_repro.measure``)."""
         self.net.train()
         if self.x.device.type == "cuda":
             return cuda_peak_mb_per_instance(lambda: self._step(loss_of()), len(self.x), self.x.device)

@@ -29,8 +29,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.config import ConfigError, Experiment, Params, load_params
-from pipeline.hardware import Hardware
+from gloro_repro.config import ConfigError, Experiment, Params, load_params
+from gloro_repro.hardware import Hardware
 from sweeps import claims
 from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, resolve
 
@@ -265,7 +265,7 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
     validation VRA; the Optuna pruning callback stops hopeless trials from per-epoch VRA."""
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from pipeline.training import train, warm_up
+    from gloro_repro.training import train, warm_up
 
     hardware = Hardware.from_env().one_device()  # one device per worker: run a worker per GPU
 
@@ -283,8 +283,8 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
 
 def prepare_data(experiment: Experiment, params: Params) -> Path:
     """The experiment's dataset in the pipeline's shared ``data/<dataset>/``, prepared there if missing."""
-    from pipeline.data.arrays import prepared_folder
-    from pipeline.data.sources import load_source
+    from gloro_repro.data.arrays import prepared_folder
+    from gloro_repro.data.sources import load_source
 
     dataset = experiment.data.dataset
     data_dir = prepared_folder(dataset)

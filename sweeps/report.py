@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import paper
-from pipeline.config import Experiment
-from pipeline.tables import write_table
+from gloro_repro import paper
+from gloro_repro.config import Experiment
+from gloro_repro.tables import write_table
 from sweeps.steps import Budget
 
 

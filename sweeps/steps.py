@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pipeline.config import Experiment
+from gloro_repro.config import Experiment
 
 ORDER = ("eps_schedule", "loss", "epochs", "lr_decay", "warmup", "init", "power_iterations", "batch_size")
 

@@ -66,11 +66,11 @@ def with_project_path(env: dict) -> dict:
 
 
 def train_and_kill(folder: Path, env: dict, experiment: str = "tiny") -> int:
-    """Start ``pipeline.stages.train`` in ``folder``, kill -9 it (every process it started) once
+    """Start ``gloro_repro.stages.train`` in ``folder``, kill -9 it (every process it started) once
     ``last.ckpt`` holds an epoch, and return that epoch."""
     log = folder / "train_and_kill.log"
     with open(log, "w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.stages.train", experiment], cwd=folder,
+        process = subprocess.Popen([sys.executable, "-m", "gloro_repro.stages.train", experiment], cwd=folder,
                                    env=with_project_path(env), stdout=handle, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     last = folder / "models" / experiment / "train" / "last.ckpt"

@@ -7,8 +7,8 @@ import sys
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pipeline.config import load_params
-from pipeline.training import train, warm_up
+from gloro_repro.config import load_params
+from gloro_repro.training import train, warm_up
 
 
 class RecordRank(Callback):

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pipeline.gloro import ARCHITECTURES, MinMax, build_network, make_activation, parse_spec
-from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense, init_weight_, tracked_layers
+from gloro_repro.gloro import ARCHITECTURES, MinMax, build_network, make_activation, parse_spec
+from gloro_repro.gloro.layers import LipschitzConv2d, LipschitzDense, init_weight_, tracked_layers
 
 
 @pytest.mark.parametrize("name,shape,classes,widths", [
@@ -78,7 +78,7 @@ def test_minmax_training_path_matches_min_max_and_its_gradient():
 
 
 def test_minmax_saves_a_mask_not_its_inputs():
-    from pipeline.measure import saved_for_backward
+    from gloro_repro.measure import saved_for_backward
     x = torch.randn(8, 16, 10, 10, requires_grad=True)
     with saved_for_backward() as saved:
         MinMax()(x)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.gloro.attacks import pgd_l2, project_l2
+from gloro_repro.gloro.attacks import pgd_l2, project_l2
 
 
 def linear_classifier():

@@ -4,7 +4,7 @@ import pytest
 import scipy.ndimage as ndimage
 import torch
 
-from pipeline.data.augment import Augment, apply, sampling_matrices
+from gloro_repro.data.augment import Augment, apply, sampling_matrices
 
 IDENTITY = dict(theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0, flip=False, brightness=0.0)
 

@@ -5,15 +5,15 @@ import statistics
 import pytest
 import torch
 
-from pipeline.gloro import layers
-from pipeline.gloro.bounds import (
+from gloro_repro.gloro import layers
+from gloro_repro.gloro.bounds import (
     SOUND_RTOL,
     conv_norm_upper_bound,
     exact_spectral_norm,
     polyphase_kernel,
     rigorous_sigma_max,
 )
-from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense
+from gloro_repro.gloro.layers import LipschitzConv2d, LipschitzDense
 
 
 def random_layers(count: int, seed: int = 0):

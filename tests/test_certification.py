@@ -6,8 +6,8 @@ certificates: that shows the attack is strong enough for the test to fail.
 import pytest
 import torch
 
-from pipeline.data.mnist import read_mnist_split
-from pipeline.gloro import (
+from gloro_repro.data.mnist import read_mnist_split
+from gloro_repro.gloro import (
     EpsSchedule,
     GloroNet,
     LambdaSchedule,
@@ -18,7 +18,7 @@ from pipeline.gloro import (
     pgd_l2,
     vra,
 )
-from pipeline.gloro.fit import fit
+from gloro_repro.gloro.fit import fit
 
 
 def train_minmax(x, y, arch, eps, epochs, batch_size, seed=0):
@@ -92,7 +92,7 @@ def test_weakened_bound_is_caught_on_mnist(mnist_net):
 
 def test_strong_attack_finds_at_least_what_plain_pgd_finds(digits_net, digits, report):
     """The certification stage's attack (APGD-style, CE and margin, restarts) against plain 50-step PGD."""
-    from pipeline.evaluation import PLAIN_PGD, AttackSettings, attack_fools
+    from gloro_repro.evaluation import PLAIN_PGD, AttackSettings, attack_fools
 
     x, y = digits[2], digits[3]
     strong = attack_fools(digits_net.f, x, y, 0.3, AttackSettings(100, 2), seed=0)

@@ -1,4 +1,4 @@
-"""``python -m pipeline.certify`` refuses every input it cannot certify honestly: a model whose bounds
+"""``python -m gloro_repro.certify`` refuses every input it cannot certify honestly: a model whose bounds
 belong to another model, and bad arrays or arguments, each with exit 2, a message saying what was
 found and what is expected, no traceback and nothing written."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from pipeline import certify
-from pipeline.artifacts import build_gloro, export_converged
-from pipeline.config import load_params
-from pipeline.data import sources
-from pipeline.stages import prepare
+from gloro_repro import certify
+from gloro_repro.artifacts import build_gloro, export_converged
+from gloro_repro.config import load_params
+from gloro_repro.data import sources
+from gloro_repro.stages import prepare
 
 
 def _export(directory: Path, name: str) -> Path:

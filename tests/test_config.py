@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import paper
-from pipeline.config import ConfigError, load_params, parse_params
-from pipeline.stages import train
+from gloro_repro import paper
+from gloro_repro.config import ConfigError, load_params, parse_params
+from gloro_repro.stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -131,7 +131,7 @@ def test_stage_exits_2_with_the_message_before_any_work(tmp_path, capsys):
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module,allowed", [("pipeline.config", {"yaml"}), ("pipeline.gloro", set())])
+@pytest.mark.parametrize("module,allowed", [("gloro_repro.config", {"yaml"}), ("gloro_repro.gloro", set())])
 def test_config_and_core_imports_are_light(module, allowed):
     """Reading params.yaml needs torch (the core's names) and yaml only; the core needs torch alone."""
     heavy = sorted({"torchvision", "sklearn", "lightning", "wandb", "optuna", "pandas", "matplotlib", "yaml", "dvc"}

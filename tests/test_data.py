@@ -13,13 +13,13 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg
 
-from pipeline.data import cifar10, mnist, tinyimagenet
-from pipeline.data.arrays import DatasetArrays
-from pipeline.data.mnist import read_mnist_split
-from pipeline.data.sources import load_source
-from pipeline.hardware import HardwareError
-from pipeline.lit.datamodule import ArraysDataModule, TensorBatches, per_device_batch, split_validation
-from pipeline.stages import prepare
+from gloro_repro.data import cifar10, mnist, tinyimagenet
+from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.data.mnist import read_mnist_split
+from gloro_repro.data.sources import load_source
+from gloro_repro.hardware import HardwareError
+from gloro_repro.lit.datamodule import ArraysDataModule, TensorBatches, per_device_batch, split_validation
+from gloro_repro.stages import prepare
 
 
 def md5(path):
@@ -168,7 +168,7 @@ def test_tinyimagenet_wrong_archive(tmp_path, monkeypatch):
 
 
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
-    from pipeline.data import digits
+    from gloro_repro.data import digits
 
     data = digits.load()
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 from conftest import checkpoint_epoch, tiny_params, train_and_kill, with_project_path
 
-from pipeline.hardware import Hardware, HardwareError, is_first_process
-from pipeline.stages import dataset, prepare
+from gloro_repro.hardware import Hardware, HardwareError, is_first_process
+from gloro_repro.stages import dataset, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "ddp_train.py"
@@ -94,10 +94,10 @@ def test_two_processes_train_as_one(tmp_path, report):
 
 def test_ddp_training_resumes_after_kill_9(tmp_path):
     folder = _project(tmp_path / "p", epochs=40, loss="0.1,2.0,40")
-    _run(folder, 2, "-m", "pipeline.stages.warmup", "tiny")
+    _run(folder, 2, "-m", "gloro_repro.stages.warmup", "tiny")
     killed_at = train_and_kill(folder, _env(2))  # kill -9 every rank
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
-    result = _run(folder, 2, "-m", "pipeline.stages.train", "tiny")
+    result = _run(folder, 2, "-m", "gloro_repro.stages.train", "tiny")
     assert "resuming tiny" in result.stdout
     summary = json.loads((folder / "results/training/tiny.json").read_text())
     assert summary["resumed"] and summary["processes"] == 2 and len(summary["epoch_seconds"]) == 40
@@ -107,8 +107,8 @@ def test_ddp_training_resumes_after_kill_9(tmp_path):
 
 def test_a_batch_the_processes_cannot_share_is_refused(tmp_path):
     folder = _project(tmp_path / "p", batch_size=255)
-    _run(folder, 1, "-m", "pipeline.stages.warmup", "tiny")
-    result = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "tiny"], cwd=folder, env=_env(2),
+    _run(folder, 1, "-m", "gloro_repro.stages.warmup", "tiny")
+    result = subprocess.run([sys.executable, "-m", "gloro_repro.stages.train", "tiny"], cwd=folder, env=_env(2),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "error: batch_size 255 does not divide among 2 processes" in result.stderr

@@ -18,7 +18,7 @@ import torch
 import yaml
 from conftest import ROOT, tiny_params
 
-PACKAGES = ("pipeline", "sweeps", "benchmarks")
+PACKAGES = ("gloro_repro", "sweeps", "benchmarks")
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
@@ -61,19 +61,19 @@ def code_deps(stage: dict) -> list[str]:
 
 
 def test_import_closure_follows_lazy_and_relative_imports():
-    closure = import_closure("pipeline.stages.train")
-    assert "pipeline/training.py" in closure  # imported inside the stage's function
-    assert "pipeline/lit/datamodule.py" in closure and "pipeline/gloro/__init__.py" in closure
-    assert "pipeline/data/arrays.py" in import_closure("pipeline.data.sources")  # from .arrays import ...
-    assert "pipeline/tables.py" not in closure
+    closure = import_closure("gloro_repro.stages.train")
+    assert "gloro_repro/training.py" in closure  # imported inside the stage's function
+    assert "gloro_repro/lit/datamodule.py" in closure and "gloro_repro/gloro/__init__.py" in closure
+    assert "gloro_repro/data/arrays.py" in import_closure("gloro_repro.data.sources")  # from .arrays import ...
+    assert "gloro_repro/tables.py" not in closure
 
 
 @pytest.mark.parametrize("name", sorted(DVC_YAML))
 def test_each_stage_depends_on_exactly_the_code_it_runs(name):
     stage = DVC_YAML[name]
     cmd = stage.get("do", stage)["cmd"]
-    assert cmd.split()[:3] == ["python", "-m", f"pipeline.stages.{name}"]
-    closure, deps = import_closure(f"pipeline.stages.{name}"), code_deps(stage)
+    assert cmd.split()[:3] == ["python", "-m", f"gloro_repro.stages.{name}"]
+    closure, deps = import_closure(f"gloro_repro.stages.{name}"), code_deps(stage)
     covered = lambda path, dep: path == dep or path.startswith(dep + "/")
     missing = sorted(path for path in closure if not any(covered(path, dep) for dep in deps))
     unused = sorted(dep for dep in deps if not any(covered(path, dep) for path in closure))
@@ -113,7 +113,7 @@ def _changed_stages(project: Path) -> set[str]:
 def project(tmp_path_factory):
     """A copy of the project (code, dvc.yaml, a tiny params.yaml) after a complete ``dvc repro``."""
     project = tmp_path_factory.mktemp("dvc_project")
-    shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "gloro_repro", project / "gloro_repro", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, project / name)
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params()))

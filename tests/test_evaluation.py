@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.evaluation import THEOREM_CHECKS, pair_violations, radius_curve, theorem_failures
-from pipeline.gloro.model import Certificate
+from gloro_repro.evaluation import THEOREM_CHECKS, pair_violations, radius_curve, theorem_failures
+from gloro_repro.gloro.model import Certificate
 
 
 def test_pair_violations_count_close_certified_pairs_with_different_predictions():

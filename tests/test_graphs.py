@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_params
-from pipeline.data.arrays import DatasetArrays
-from pipeline.exported import ExportedModel
-from pipeline.gloro import GloroNet, build_network, float32_precision, ieee_arithmetic, step_loss
-from pipeline.gloro.graphs import GraphedFunction, GraphedStep
-from pipeline.gloro.model import certify_float64
-from pipeline.hardware import Hardware, HardwareError
+from gloro_repro.config import load_params
+from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import GloroNet, build_network, float32_precision, ieee_arithmetic, step_loss
+from gloro_repro.gloro.graphs import GraphedFunction, GraphedStep
+from gloro_repro.gloro.model import certify_float64
+from gloro_repro.hardware import Hardware, HardwareError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,8 +161,8 @@ def test_graphed_certification_matches_eager_on_cuda():
 
 @cuda
 def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path):
-    from pipeline.lit.module import GloroModule
-    from pipeline.training import build_trainer, datamodule_for
+    from gloro_repro.lit.module import GloroModule
+    from gloro_repro.training import build_trainer, datamodule_for
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     experiment = load_params(ROOT / "params.yaml").experiments["mnist_2c2f_minmax"].with_values(warmup=1)
@@ -196,7 +196,7 @@ def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path):
 
 @pytest.mark.parametrize("stride,padding,size", [(1, 1, 9), (2, 1, 9), (2, 0, 8), (1, 0, 5)])
 def test_float64_convolution_as_one_gemm_matches_torch(stride, padding, size):
-    from pipeline.gloro.gemm_conv import gemm_convolutions
+    from gloro_repro.gloro.gemm_conv import gemm_convolutions
     g = torch.Generator().manual_seed(4)
     x = torch.rand(3, 4, size, size, generator=g, dtype=torch.float64)
     conv = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=padding).double()

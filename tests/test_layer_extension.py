@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from test_certification import broken_certificates
 from torch import nn
 
-from pipeline.exported import ExportedModel
-from pipeline.gloro import (
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import (
     EpsSchedule,
     GloroNet,
     LambdaSchedule,
@@ -23,8 +23,8 @@ from pipeline.gloro import (
     exact_spectral_norm,
     layers,
 )
-from pipeline.gloro.fit import fit
-from pipeline.gloro.rounding import logit_rounding_bound
+from gloro_repro.gloro.fit import fit
+from gloro_repro.gloro.rounding import logit_rounding_bound
 
 
 class ValidConv2d(LipschitzLinear):

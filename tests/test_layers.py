@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.gloro.bounds import exact_spectral_norm, operator_matrix
-from pipeline.gloro.layers import LipschitzConv2d, LipschitzDense, same_padding
+from gloro_repro.gloro.bounds import exact_spectral_norm, operator_matrix
+from gloro_repro.gloro.layers import LipschitzConv2d, LipschitzDense, same_padding
 
 CONVS = [  # (C_in, C_out, kernel, stride, size)
     (1, 4, 3, 1, 6), (3, 5, 3, 1, 7), (2, 4, 4, 2, 8), (2, 3, 4, 2, 7), (3, 4, 5, 2, 9),

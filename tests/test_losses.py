@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.gloro.losses import gloro_cross_entropy, trades_loss
+from gloro_repro.gloro.losses import gloro_cross_entropy, trades_loss
 
 
 def test_trades_kl_term_equals_the_explicit_kl():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.gloro import GloroNet, build_network, global_lower_bound, local_lower_bound
+from gloro_repro.gloro import GloroNet, build_network, global_lower_bound, local_lower_bound
 
 
 def test_global_lower_bound_reaches_a_linear_network_constant():

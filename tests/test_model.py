@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pipeline.gloro import GloroNet, build_network, certify_logits, clean_accuracy, rejection_rate, vra
-from pipeline.gloro.model import bottom_logit, certified_radius, gloro_logits, gloro_prediction
+from gloro_repro.gloro import GloroNet, build_network, certify_logits, clean_accuracy, rejection_rate, vra
+from gloro_repro.gloro.model import bottom_logit, certified_radius, gloro_logits, gloro_prediction
 
 
 def small_net(activation="minmax", seed=0):

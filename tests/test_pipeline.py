@@ -11,10 +11,10 @@ import torch
 import yaml
 from conftest import checkpoint_epoch, tiny_params, train_and_kill
 
-from pipeline import certify as user_certify
-from pipeline.artifacts import load_gloro
-from pipeline.gloro.model import certify_logits
-from pipeline.stages import certify, converge, dataset, lower_bounds, prepare, tables, train, warmup
+from gloro_repro import certify as user_certify
+from gloro_repro.artifacts import load_gloro
+from gloro_repro.gloro.model import certify_logits
+from gloro_repro.stages import certify, converge, dataset, lower_bounds, prepare, tables, train, warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ("clean", "pgd", "vra", "eps", "sec_per_epoch", "epochs", "mem_mb_per_instance", "cert_seconds",
@@ -77,7 +77,7 @@ def test_every_stage_writes_its_outputs(workdir):
     assert torch.equal(theirs.certified, ours.certified) and int(theirs.certified.sum()) == cert["certified"]
     assert torch.equal(theirs.prediction, ours.prediction)
 
-    # Users' own inputs: python -m pipeline.certify
+    # Users' own inputs: python -m gloro_repro.certify
     numpy = __import__("numpy")
     numpy.savez(workdir / "X.npz", x=x.numpy(), y=data["y_test"])
     assert user_certify.main(["--model", "models/tiny", "--input", "X.npz", "--out", "out.csv"]) == 0

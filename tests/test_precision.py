@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.evaluation import AttackSettings, certify_test_set
-from pipeline.exported import ExportedModel
-from pipeline.gloro import GloroNet, ReducedPrecisionError, build_network, float32_precision, ieee_arithmetic
-from pipeline.gloro.model import certify_float64
-from pipeline.gloro.precision import reduced_precision_flags
+from gloro_repro.evaluation import AttackSettings, certify_test_set
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import GloroNet, ReducedPrecisionError, build_network, float32_precision, ieee_arithmetic
+from gloro_repro.gloro.model import certify_float64
+from gloro_repro.gloro.precision import reduced_precision_flags
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

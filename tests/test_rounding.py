@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.gloro import build_network
-from pipeline.gloro.layers import LipschitzDense
-from pipeline.gloro.model import certify_logits
-from pipeline.gloro.rounding import logit_rounding_bound
+from gloro_repro.gloro import build_network
+from gloro_repro.gloro.layers import LipschitzDense
+from gloro_repro.gloro.model import certify_logits
+from gloro_repro.gloro.rounding import logit_rounding_bound
 
 
 @pytest.mark.parametrize("arch, activation", [("digits", "minmax"), ("digits", "relu"), ("c8k4s2-d16-d10", "minmax")])

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pipeline.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
+from gloro_repro.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
 E01 = math.exp(0.01)
 

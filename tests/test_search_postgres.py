@@ -83,7 +83,7 @@ def test_a_killed_workers_candidate_is_retried_and_every_candidate_completes_onc
 
 
 def test_a_finished_search_resumes_without_running_anything(killed_search):
-    from pipeline.config import load_params
+    from gloro_repro.config import load_params
     from sweeps.greedy import GreedySearch
     from sweeps.steps import Budget
 
@@ -116,7 +116,7 @@ def test_two_workers_run_a_real_search_through_lightning(tmp_path):
     env = with_project_path(dict(os.environ)) | {"WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "sweeps.greedy", "--experiment", "digits_minmax", "--epoch-scale", "0.05",
                "--steps", "eps_schedule,init", "--storage", url, "--heartbeat", "1", "--grace", "5"]
-    first = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "digits"], cwd=tmp_path, env=env,
+    first = subprocess.run([sys.executable, "-m", "gloro_repro.stages.prepare", "digits"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     workers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from pipeline.config import load_params
+from gloro_repro.config import load_params
 from sweeps import greedy
 from sweeps.claims import open_storage
 from sweeps.greedy import GreedySearch
@@ -125,7 +125,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-from pipeline.config import load_params
+from gloro_repro.config import load_params
 from sweeps.claims import open_storage
 from sweeps.greedy import GreedySearch
 from sweeps.steps import Budget

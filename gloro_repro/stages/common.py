@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import ConfigError, Experiment, Params, load_params
-from pipeline.data.arrays import prepared_folder
-from pipeline.hardware import Hardware
-from pipeline.io import MismatchError
+from gloro_repro.config import ConfigError, Experiment, Params, load_params
+from gloro_repro.data.arrays import prepared_folder
+from gloro_repro.hardware import Hardware
+from gloro_repro.io import MismatchError
 
 
 def experiment_parser(doc: str) -> argparse.ArgumentParser:

@@ -1,12 +1,12 @@
 """DVC stage: power iteration to convergence on the selected and last checkpoints, then export.
 
-    python -m pipeline.stages.converge <experiment>
+    python -m gloro_repro.stages.converge <experiment>
 
 For ``best`` (selected on the validation split) and ``last``: runs every layer's power iteration
 until the estimate's remaining rise is below ``converge_tol`` (relative; see
 ``LipschitzLinear.converge``), computes the provable per-layer bounds, and writes
 ``models/<experiment>/<best|last>/`` = ``gloro.pt``, ``model.pt2``, ``lipschitz.json`` (see
-``pipeline.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
+``gloro_repro.artifacts``). Power iteration runs on the ``GLORO_ACCELERATOR``
 device in IEEE float32; the provable bounds and the export run on the CPU in float64, so they are
 the same whatever machine converged the model.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 import time
 
-from pipeline.artifacts import SELECTIONS, export_converged, read_checkpoint
-from pipeline.gloro.precision import float32_precision
-from pipeline.hardware import Hardware, describe
-from pipeline.stages.common import StaleInputError, run_stage
+from gloro_repro.artifacts import SELECTIONS, export_converged, read_checkpoint
+from gloro_repro.gloro.precision import float32_precision
+from gloro_repro.hardware import Hardware, describe
+from gloro_repro.stages.common import StaleInputError, run_stage
 
 
 def converge(params, experiment) -> None:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.gloro import GloroNet, SoundBound, float32_precision, ieee_arithmetic
-from pipeline.gloro.gemm_conv import gemm_convolutions
-from pipeline.gloro.graphs import GraphedFunction
-from pipeline.gloro.model import BOUNDS, Bound, Certificate, certify_logits
-from pipeline.gloro.precision import require_ieee
-from pipeline.io import MismatchError, atomic_open, content_digest, file_digest, write_json
+from gloro_repro.gloro import GloroNet, SoundBound, float32_precision, ieee_arithmetic
+from gloro_repro.gloro.gemm_conv import gemm_convolutions
+from gloro_repro.gloro.graphs import GraphedFunction
+from gloro_repro.gloro.model import BOUNDS, Bound, Certificate, certify_logits
+from gloro_repro.gloro.precision import require_ieee
+from gloro_repro.io import MismatchError, atomic_open, content_digest, file_digest, write_json
 
 REQUIRED_KEYS = ("eps", "K", "K_sound", "rounding_float64", "input_shape", "num_classes", "model_pt2_sha256",
                  "weights_sha256")

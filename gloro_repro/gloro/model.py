@@ -157,7 +157,7 @@ class GloroNet(nn.Module):
         unbounded = [type(m).__name__ for m in others if lipschitz_constant(m) is None]
         if unbounded:
             raise ValueError(f"GloroNet cannot bound the Lipschitz constant of {unbounded}: use Lipschitz-tracked "
-                             "layers and activations that declare theirs (see pipeline.gloro.activations)")
+                             "layers and activations that declare theirs (see gloro_repro.gloro.activations)")
         self.activation_lipschitz = math.prod(lipschitz_constant(m) for m in others)
 
     def sub_lipschitz(self) -> torch.Tensor:

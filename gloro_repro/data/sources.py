@@ -33,7 +33,7 @@ def _download_failed(name: str, error: Exception) -> DownloadError:
     return DownloadError(
         f"could not download {name} ({', '.join(_original_files(name))}): {reason}. Offline? Copy those files "
         f"into a folder and name it in params.yaml (dvc exp run -S 'sources.{name}=/path/to/folder' ...), "
-        f"or prepare it by hand: python -m pipeline.stages.prepare {name} --from /path/to/folder")
+        f"or prepare it by hand: python -m gloro_repro.stages.prepare {name} --from /path/to/folder")
 
 
 def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("downloads")) -> DatasetArrays:

@@ -1,23 +1,23 @@
 """DVC stage: robust GloRo training (or Standard training) after the warm-up, resumable.
 
-    python -m pipeline.stages.train <experiment>
+    python -m gloro_repro.stages.train <experiment>
 
 Writes ``models/<experiment>/train/{best,last}.ckpt`` (best = highest VRA on the validation
 split, clean accuracy for Standard models) and ``results/training/<experiment>.json``. If a
 previous run was killed, the same command resumes from ``last.ckpt``; a previous run it cannot
 resume (other trained settings, or finished) is moved to ``models/<experiment>/set_aside/``.
-Runs on the hardware the ``GLORO_*`` variables name (``pipeline.hardware``), on several devices with DDP.
+Runs on the hardware the ``GLORO_*`` variables name (``gloro_repro.hardware``), on several devices with DDP.
 """
 from __future__ import annotations
 
 import sys
 
-from pipeline.io import write_json
-from pipeline.stages.common import prepared_data, run_stage
+from gloro_repro.io import write_json
+from gloro_repro.stages.common import prepared_data, run_stage
 
 
 def train(params, experiment) -> None:
-    from pipeline.training import train as run
+    from gloro_repro.training import train as run
 
     name = experiment.name
     summary = run(params, experiment, prepared_data(experiment), f"models/{name}/warmup.ckpt", f"models/{name}/train")

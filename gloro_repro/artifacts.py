@@ -3,7 +3,7 @@
 A converged model folder ``models/<experiment>/<best|last>/`` holds ``gloro.pt`` (the experiment,
 input shape, class count and the GloroNet state: weights and converged power-iteration iterates),
 for the project's own stages, and the exported ``model.pt2`` and ``lipschitz.json``
-(``pipeline.exported``), for anyone.
+(``gloro_repro.exported``), for anyone.
 
 Nothing here imports Lightning: a Lightning checkpoint is read with ``torch.load``.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Experiment
-from pipeline.exported import ExportedModel
-from pipeline.gloro import GloroNet, build_network
-from pipeline.io import atomic_open
+from gloro_repro.config import Experiment
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import GloroNet, build_network
+from gloro_repro.io import atomic_open
 
 SELECTIONS = ("best", "last")  # the validation-selected checkpoint and the last epoch's
 
@@ -32,7 +32,7 @@ def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_c
 
 
 def read_checkpoint(path: str | Path) -> tuple[Experiment, GloroNet, dict]:
-    """Rebuild the GloroNet of a Lightning checkpoint written by ``pipeline.lit.module.GloroModule``."""
+    """Rebuild the GloroNet of a Lightning checkpoint written by ``gloro_repro.lit.module.GloroModule``."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     hp = checkpoint["hyper_parameters"]
     experiment = Experiment.from_dict(hp["experiment"])

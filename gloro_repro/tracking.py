@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.config import WANDB_MODES, ConfigError, Experiment, WandbConfig
+from gloro_repro.config import WANDB_MODES, ConfigError, Experiment, WandbConfig
 
 
 def wandb_mode(cfg: WandbConfig) -> str:

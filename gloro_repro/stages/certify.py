@@ -1,6 +1,6 @@
 """DVC stage: certify the test set with the exported model, under both bounds, and attack it.
 
-    python -m pipeline.stages.certify <experiment>
+    python -m gloro_repro.stages.certify <experiment>
 
 For the validation-selected (``best``, the headline) and ``last`` models, using only their
 exported ``model.pt2`` and ``lipschitz.json``: clean accuracy, accuracy under the L2 attack,
@@ -17,15 +17,15 @@ import sys
 import torch
 import wandb
 
-from pipeline.artifacts import SELECTIONS, load_gloro
-from pipeline.data.arrays import DatasetArrays
-from pipeline.evaluation import AttackSettings, certify_test_set, theorem_failures
-from pipeline.exported import ExportedModel, ExportError, weights_digest
-from pipeline.gloro.model import BOUNDS
-from pipeline.hardware import Hardware
-from pipeline.io import atomic_open, write_json
-from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
-from pipeline.tracking import start_run
+from gloro_repro.artifacts import SELECTIONS, load_gloro
+from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.evaluation import AttackSettings, certify_test_set, theorem_failures
+from gloro_repro.exported import ExportedModel, ExportError, weights_digest
+from gloro_repro.gloro.model import BOUNDS
+from gloro_repro.hardware import Hardware
+from gloro_repro.io import atomic_open, write_json
+from gloro_repro.stages.common import check_exported_eps, prepared_data, run_stage
+from gloro_repro.tracking import start_run
 
 
 def export_mismatches(directory, exported: ExportedModel, x: torch.Tensor) -> int:

@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from pipeline.config import ConfigError
+from gloro_repro.config import ConfigError
 
 ACCELERATORS = ("auto", "cpu", "cuda")
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")  # set by DDP launchers

@@ -1,6 +1,6 @@
 """DVC stage: warm-up epochs of plain cross-entropy (Lee et al., 2020), the robust run's start.
 
-    python -m pipeline.stages.warmup <experiment>
+    python -m gloro_repro.stages.warmup <experiment>
 
 Writes ``models/<experiment>/warmup.ckpt`` (with 0 warm-up epochs: the seeded initial weights).
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.stages.common import prepared_data, run_stage
+from gloro_repro.stages.common import prepared_data, run_stage
 
 
 def warm_up(params, experiment) -> None:
-    from pipeline.training import warm_up as run
+    from gloro_repro.training import warm_up as run
 
     checkpoint = run(params, experiment, prepared_data(experiment), f"models/{experiment.name}/warmup.ckpt")
     print(f"{experiment.name}: {experiment.training.warmup} warm-up epoch(s) -> {checkpoint}")

@@ -20,9 +20,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from pipeline.data.arrays import DatasetArrays
-from pipeline.data.augment import Augment
-from pipeline.hardware import HardwareError
+from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.data.augment import Augment
+from gloro_repro.hardware import HardwareError
 
 
 class TensorBatches:

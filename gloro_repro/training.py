@@ -9,7 +9,7 @@ that run is unfinished and has the same trained settings (``Experiment.trained_s
 evaluation budgets) and starting point. A run that cannot be resumed is never deleted: it is
 moved to ``<run folder>/../set_aside/<time>-epoch<k>/`` with a ``why.json``.
 
-The hardware comes from ``pipeline.hardware`` (``GLORO_*`` variables): on several devices, Lightning
+The hardware comes from ``gloro_repro.hardware`` (``GLORO_*`` variables): on several devices, Lightning
 DDP runs one process per device, each with ``batch_size / processes`` of every global batch.
 Only rank 0 moves runs aside, writes checkpoints and logs; ``train`` returns the summary there and
 None on the other ranks. Training runs in the experiment's float32 precision (``training.tf32``).
@@ -25,14 +25,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from pipeline.config import Experiment, Params
-from pipeline.gloro.precision import float32_precision
-from pipeline.hardware import Hardware, describe, is_first_process
-from pipeline.io import file_digest, write_json
-from pipeline.lit.costs import TrainingCosts, training_costs
-from pipeline.lit.datamodule import ArraysDataModule, per_device_batch
-from pipeline.lit.module import GloroModule
-from pipeline.tracking import lightning_logger
+from gloro_repro.config import Experiment, Params
+from gloro_repro.gloro.precision import float32_precision
+from gloro_repro.hardware import Hardware, describe, is_first_process
+from gloro_repro.io import file_digest, write_json
+from gloro_repro.lit.costs import TrainingCosts, training_costs
+from gloro_repro.lit.datamodule import ArraysDataModule, per_device_batch
+from gloro_repro.lit.module import GloroModule
+from gloro_repro.tracking import lightning_logger
 
 
 def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataModule:

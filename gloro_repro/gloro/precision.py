@@ -92,4 +92,4 @@ def require_ieee(device: torch.device, dtype: torch.dtype, what: str) -> None:
         problems.append("torch.backends.cudnn.enabled=True (FFT and Winograd convolutions)")
     if problems:
         raise ReducedPrecisionError(f"{what} assumes IEEE {str(dtype).removeprefix('torch.')} dot products, but "
-                                    f"{', '.join(problems)}; run it inside pipeline.gloro.ieee_arithmetic()")
+                                    f"{', '.join(problems)}; run it inside gloro_repro.gloro.ieee_arithmetic()")

@@ -12,12 +12,12 @@ from typing import Callable
 
 import torch
 
-from pipeline.exported import ExportedModel
-from pipeline.gloro.attacks import apgd_l2, pgd_l2
-from pipeline.gloro.model import Certificate, batched_logits, certify_logits
-from pipeline.gloro.precision import float32_precision
-from pipeline.hardware import describe
-from pipeline.measure import inference_mb_per_instance, timed
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro.attacks import apgd_l2, pgd_l2
+from gloro_repro.gloro.model import Certificate, batched_logits, certify_logits
+from gloro_repro.gloro.precision import float32_precision
+from gloro_repro.hardware import describe
+from gloro_repro.measure import inference_mb_per_instance, timed
 
 THEOREM_CHECKS = ("theorem4_certified_broken", "theorem4_certified_broken_sound", "lemma1_violations",
                   "theorem2_violations")
@@ -127,7 +127,7 @@ def _certify_test_set(model: ExportedModel, x, y, attack, seed, batch_size) -> d
         "theorem4_certified_broken": broken, "theorem4_certified_broken_sound": broken_sound,
         "lemma1_pairs_within_2eps": lemma_pairs, "lemma1_violations": lemma_violations,
         "theorem2_pairs_within_eps": thm2_pairs, "theorem2_violations": thm2_violations,
-        "attack": {"method": "APGD-style L2 (pipeline.gloro.attacks.apgd_l2)", "steps": attack.steps,
+        "attack": {"method": "APGD-style L2 (gloro_repro.gloro.attacks.apgd_l2)", "steps": attack.steps,
                    "restarts": attack.restarts, "objectives": list(attack.objectives), "seed": seed,
                    "baseline": "pgd_plain50: plain L2 PGD, CE, 50 steps of 2.5 eps / 50, 1 restart"},
         "radius_curve": {"radius": radii.tolist(), "certified_accuracy": radius_curve(cert, y, radii),

@@ -1,8 +1,8 @@
 """DVC stage: prepare a dataset once, as ``data/<dataset>/<dataset>.npz`` + ``.json``, for every
 experiment that uses it.
 
-    python -m pipeline.stages.prepare digits                     # the source named by params.yaml
-    python -m pipeline.stages.prepare mnist --from /path/to/original/files --out /tmp/mnist
+    python -m gloro_repro.stages.prepare digits                     # the source named by params.yaml
+    python -m gloro_repro.stages.prepare mnist --from /path/to/original/files --out /tmp/mnist
 
 Sources are verified by checksum before anything is written; on any error nothing is written.
 ``sources.<dataset>`` in params.yaml names a folder holding the original files (null: download
@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_params
-from pipeline.data import SOURCES
-from pipeline.data.arrays import prepared_folder
-from pipeline.data.sources import DownloadError, load_source
-from pipeline.data.verify import DataIntegrityError
+from gloro_repro.config import ConfigError, load_params
+from gloro_repro.data import SOURCES
+from gloro_repro.data.arrays import prepared_folder
+from gloro_repro.data.sources import DownloadError, load_source
+from gloro_repro.data.verify import DataIntegrityError
 
 
 def main(argv=None) -> int:

@@ -1,18 +1,18 @@
-"""One LightningModule for GloRo and Standard training, a thin shell over ``pipeline.gloro``.
+"""One LightningModule for GloRo and Standard training, a thin shell over ``gloro_repro.gloro``.
 
 Per epoch: warm-up epochs train f with plain cross-entropy; robust epochs train the GloRo net at
 the scheduled eps with TRADES(lambda) or CE over the m+1 logits; the LR follows the paper's
 schedule; every step's loss is the core's ``step_loss``. Before every validation (at every epoch's
 end without a validation split), power iteration runs to convergence so validation VRA uses the
 converged bound (as the paper's evaluation does), in IEEE float32. Time and memory are measured
-by ``pipeline.lit.costs``. Metric keys: ``train/*``, ``val/*``.
+by ``gloro_repro.lit.costs``. Metric keys: ``train/*``, ``val/*``.
 
 On one CUDA device each step's forward and backward (power iteration, logits, margin bounds,
-loss, the step's metrics) is replayed from a CUDA graph (``pipeline.gloro.graphs``) that reads
+loss, the step's metrics) is replayed from a CUDA graph (``gloro_repro.gloro.graphs``) that reads
 eps and lambda from device tensors, so one graph per batch shape serves every epoch; Adam is
 fused. ``cuda_graphs=False`` (``GLORO_CUDA_GRAPHS=0``) runs it eagerly.
 
-Under DDP each rank takes its share of every global batch (``pipeline.lit.datamodule``); its
+Under DDP each rank takes its share of every global batch (``gloro_repro.lit.datamodule``); its
 mean loss is weighted by its share, so the averaged gradient is the global batch's whatever the
 split. DDP broadcasts the power-iteration iterates from rank 0 before every forward; after the
 validation's convergence they are broadcast again. Validation metrics are sums over all ranks
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from pipeline.artifacts import build_gloro
-from pipeline.config import Experiment
-from pipeline.gloro import step_loss
-from pipeline.gloro.graphs import GraphedStep
-from pipeline.gloro.model import clean_accuracy, gloro_logits, gloro_prediction, predicted_class, vra
-from pipeline.gloro.precision import float32_precision
+from gloro_repro.artifacts import build_gloro
+from gloro_repro.config import Experiment
+from gloro_repro.gloro import step_loss
+from gloro_repro.gloro.graphs import GraphedStep
+from gloro_repro.gloro.model import clean_accuracy, gloro_logits, gloro_prediction, predicted_class, vra
+from gloro_repro.gloro.precision import float32_precision
 
 
 class GloroModule(L.LightningModule):

@@ -2,7 +2,7 @@
 
 Memory per instance: on CUDA, the epoch's peak allocated memory over the per-device batch; on
 other devices, the bytes autograd saves for backward in the epoch's first batch, over its size
-(see ``pipeline.measure``). Both are kept in checkpoints, so a resumed run keeps its epochs' times.
+(see ``gloro_repro.measure``). Both are kept in checkpoints, so a resumed run keeps its epochs' times.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import lightning as L
 import torch
 
-from pipeline.measure import MB, saved_for_backward
+from gloro_repro.measure import MB, saved_for_backward
 
 
 class TrainingCosts(L.Callback):
@@ -57,5 +57,5 @@ class TrainingCosts(L.Callback):
 
 
 def training_costs(trainer: L.Trainer) -> TrainingCosts:
-    """The ``TrainingCosts`` callback of a Trainer made by ``pipeline.training.build_trainer``."""
+    """The ``TrainingCosts`` callback of a Trainer made by ``gloro_repro.training.build_trainer``."""
     return next(c for c in trainer.callbacks if isinstance(c, TrainingCosts))

@@ -1,6 +1,6 @@
 """DVC stage: Appendix F's optimised lower bounds on the Lipschitz constant of the selected model.
 
-    python -m pipeline.stages.lower_bounds <experiment>
+    python -m gloro_repro.stages.lower_bounds <experiment>
 
 Global: the largest margin ratio |m(x1) - m(x2)| / ||x1 - x2|| found by Adam from
 ``global_pairs`` random test-point pairs in ``global_steps`` steps. Local: the mean over
@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from pipeline.data.arrays import DatasetArrays
-from pipeline.exported import ExportedModel
-from pipeline.gloro import float32_precision, global_lower_bound, local_lower_bound
-from pipeline.hardware import Hardware, describe
-from pipeline.io import write_json
-from pipeline.stages.common import check_exported_eps, prepared_data, run_stage
+from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.exported import ExportedModel
+from gloro_repro.gloro import float32_precision, global_lower_bound, local_lower_bound
+from gloro_repro.hardware import Hardware, describe
+from gloro_repro.io import write_json
+from gloro_repro.stages.common import check_exported_eps, prepared_data, run_stage
 
 
 def lower_bounds(params, experiment) -> None:

@@ -1,6 +1,6 @@
 """A minimal plain-PyTorch GloRo training loop, for users without Lightning and for tests.
 
-The project's pipeline trains through Lightning (``pipeline/lit``); both call the same
+The project's pipeline trains through Lightning (``gloro_repro/lit``); both call the same
 ``losses.step_loss``, so this loop differs only in what Lightning adds (devices, checkpoints, logs).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """DVC stage: regenerate the paper's tables from every experiment's results.
 
-    python -m pipeline.stages.tables
+    python -m gloro_repro.stages.tables
 
 Writes ``results/metrics/<experiment>.json`` (the metrics contract), ``results/table_{D1a,D1b,
 D1c,B1,B2,C1}.{md,csv}`` and ``results/figure_radius.png``, and logs the tables to W&B.
@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_params
-from pipeline.tables import write_all
-from pipeline.tracking import start_run
+from gloro_repro.config import ConfigError, load_params
+from gloro_repro.tables import write_all
+from gloro_repro.tracking import start_run
 
 
 def main(argv=None) -> int:

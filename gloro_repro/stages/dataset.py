@@ -1,6 +1,6 @@
 """DVC stage: record which prepared dataset an experiment uses, with the digest of its arrays.
 
-    python -m pipeline.stages.dataset <experiment>
+    python -m gloro_repro.stages.dataset <experiment>
 
 Writes ``models/<experiment>/dataset.json`` (``dataset``, ``arrays_sha256``) from
 ``data/<dataset>/<dataset>.json``. Every dataset is prepared once, into ``data/<dataset>/``, and
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.data.arrays import prepared_folder
-from pipeline.io import write_json
-from pipeline.stages.common import dataset_record, prepared_digest, run_stage
+from gloro_repro.data.arrays import prepared_folder
+from gloro_repro.io import write_json
+from gloro_repro.stages.common import dataset_record, prepared_digest, run_stage
 
 
 def record(params, experiment) -> int:
@@ -22,7 +22,7 @@ def record(params, experiment) -> int:
     digest = prepared_digest(dataset)
     if digest is None:
         print(f"error: {prepared_folder(dataset)} holds no prepared {dataset}; prepare it first: "
-              f"python -m pipeline.stages.prepare {dataset}", file=sys.stderr)
+              f"python -m gloro_repro.stages.prepare {dataset}", file=sys.stderr)
         return 1
     write_json(dataset_record(experiment), {"dataset": dataset, "arrays_sha256": digest})
     print(f"{experiment.name}: {prepared_folder(dataset)} (arrays {digest[:12]})")

@@ -1,6 +1,6 @@
 """Certify your own inputs with an exported GloRo model.
 
-    python -m pipeline.certify --model models/digits_minmax --input X.npz [--eps E] [--bound sound] --out out.csv
+    python -m gloro_repro.certify --model models/digits_minmax --input X.npz [--eps E] [--bound sound] --out out.csv
 
 ``X.npz`` holds ``x``, shaped ``[N, C, H, W]`` like the model's input: floats in [0, 1], or uint8
 images in 0..255 (another integer scale: say it with --max-value, e.g. 16 for scikit-learn's
@@ -14,7 +14,7 @@ and the margins are reduced by its rounding bound.
 
 Every input is checked before any work; a bad one exits 2 with a message saying what was found
 and what is expected, and nothing is written. Runs on the ``GLORO_ACCELERATOR`` device (default:
-a CUDA GPU when there is one), in IEEE arithmetic (``pipeline.exported.ExportedModel.certify``).
+a CUDA GPU when there is one), in IEEE arithmetic (``gloro_repro.exported.ExportedModel.certify``).
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.exported import ExportedModel, ExportError
-from pipeline.gloro.model import BOUNDS
-from pipeline.hardware import Hardware, HardwareError
-from pipeline.io import atomic_open
+from gloro_repro.exported import ExportedModel, ExportError
+from gloro_repro.gloro.model import BOUNDS
+from gloro_repro.hardware import Hardware, HardwareError
+from gloro_repro.io import atomic_open
 
 
 class InputError(ValueError):

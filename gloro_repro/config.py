@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data import SOURCES
-from pipeline.data.augment import AUGMENTATIONS
-from pipeline.gloro.activations import ACTIVATIONS
-from pipeline.gloro.architectures import ARCHITECTURES, architecture_spec, parse_spec
-from pipeline.gloro.layers import INITIALISERS
-from pipeline.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
+from gloro_repro.data import SOURCES
+from gloro_repro.data.augment import AUGMENTATIONS
+from gloro_repro.gloro.activations import ACTIVATIONS
+from gloro_repro.gloro.architectures import ARCHITECTURES, architecture_spec, parse_spec
+from gloro_repro.gloro.layers import INITIALISERS
+from gloro_repro.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
 MODELS = ("gloro", "standard")
 WANDB_MODES = ("offline", "online", "disabled")

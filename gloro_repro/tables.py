@@ -1,7 +1,7 @@
 """The results tables (pandas) and figure (matplotlib): ours beside the paper's, with the gap.
 
 Our numbers come only from the stage outputs under ``results/``; the paper's only from
-``pipeline.paper``. A row we have not run says "not run" in our columns.
+``gloro_repro.paper``. A row we have not run says "not run" in our columns.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import paper
-from pipeline.config import Experiment, Params
-from pipeline.io import atomic_open, write_json
+from gloro_repro import paper
+from gloro_repro.config import Experiment, Params
+from gloro_repro.io import atomic_open, write_json
 
 NOT_RUN = "not run"
 METHOD_MARKS = {"near-exact": "", "circular": "c"}  # how D.1c marks each layer's provable bound

@@ -1,1 +1,0 @@
-"""One entry point per DVC stage: ``python -m pipeline.stages.<stage> --help``."""
