@@ -15,12 +15,11 @@ from gloro_repro.gloro.lower_bounds import global_lower_bound
 from gloro_repro.measure import inference_mb_per_instance
 
 from .timing import interleaved, median_ms, median_ratio, timed
-from .workloads import ARCHITECTURES, Workload, network
+from .workloads import ARCHITECTURES, CONVERGE_TOL, Workload, network
 
 TRAIN_GOAL = 1.10      # GloRo step time / plain step time, at most
 CERT_GOAL = 0.90       # certification throughput / plain inference throughput, at least
 EPOCH_GOAL = 1.10      # full epoch (data, augmentation, Lightning) / bare forward-backward, at most
-CONVERGE_TOL = 1e-5
 
 
 def _shape(w: Workload) -> str:

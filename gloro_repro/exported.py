@@ -79,12 +79,12 @@ class ExportedModel:
 
     @classmethod
     def of(cls, net: GloroNet, sound_bounds: list[SoundBound] | None = None) -> ExportedModel:
-        """The bounds of a converged GloroNet, computed as the export computes them (provable ones on
-        the CPU, from ``sound_bounds`` when given)."""
+        """The bounds of a converged GloroNet (``StaleIteratesError`` otherwise), computed as the export
+        computes them (provable ones on the CPU, from ``sound_bounds`` when given)."""
         net = net.eval()
         sound = net.sound_bounds() if sound_bounds is None else sound_bounds
         with torch.no_grad():
-            k = net.k_ij().detach().double()
+            k = net.margin_bounds("power").detach().double()  # refuses iterates not converged for these weights
         info = {"input_shape": list(net.layers[0].input_shape), "num_classes": net.layers[-1].weight.shape[0]}
         return cls(net.f, net.eps, k, net.k_ij_sound(sound), net.rounding(torch.float64).cpu(), info)
 

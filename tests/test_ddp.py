@@ -56,7 +56,7 @@ def _run(folder: Path, processes: int, *command: str, threads: int = 1) -> subpr
 
 def _net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("net.")}
+    return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}  # not digests
 
 
 def _largest_difference(a: dict, b: dict, iterates: bool = False) -> float:

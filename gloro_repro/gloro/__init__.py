@@ -6,17 +6,19 @@ from .activations import MinMax, make_activation
 from .architectures import ARCHITECTURES, build_network, parse_spec
 from .attacks import pgd_l2
 from .bounds import SoundBound, exact_spectral_norm
-from .layers import LipschitzConv2d, LipschitzDense, LipschitzLinear, tracked_layers
+from .chain import UnboundableNetworkError, network_chain
+from .layers import LipschitzConv2d, LipschitzDense, LipschitzLinear, LipschitzResidualConv2d, tracked_layers
 from .losses import StepLoss, gloro_cross_entropy, step_loss, trades_loss
 from .lower_bounds import global_lower_bound, local_lower_bound
-from .model import Certificate, GloroNet, certify_logits, clean_accuracy, rejection_rate, vra
+from .model import Certificate, GloroNet, StaleIteratesError, certify_logits, clean_accuracy, rejection_rate, vra
 from .precision import ReducedPrecisionError, float32_precision, ieee_arithmetic
 from .schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
 __all__ = [
     "ARCHITECTURES", "Certificate", "EpsSchedule", "GloroNet", "LRSchedule", "LambdaSchedule", "LipschitzConv2d",
-    "LipschitzDense", "LipschitzLinear", "MinMax", "ReducedPrecisionError", "SoundBound", "StepLoss",
-    "TrainingSchedule", "build_network", "certify_logits", "clean_accuracy", "exact_spectral_norm",
-    "float32_precision", "global_lower_bound", "gloro_cross_entropy", "ieee_arithmetic", "local_lower_bound",
-    "make_activation", "parse_spec", "pgd_l2", "rejection_rate", "step_loss", "tracked_layers", "trades_loss", "vra",
+    "LipschitzDense", "LipschitzLinear", "LipschitzResidualConv2d", "MinMax", "ReducedPrecisionError", "SoundBound",
+    "StaleIteratesError", "StepLoss", "TrainingSchedule", "UnboundableNetworkError", "build_network",
+    "certify_logits", "clean_accuracy", "exact_spectral_norm", "float32_precision", "global_lower_bound",
+    "gloro_cross_entropy", "ieee_arithmetic", "local_lower_bound", "make_activation", "network_chain", "parse_spec",
+    "pgd_l2", "rejection_rate", "step_loss", "tracked_layers", "trades_loss", "vra",
 ]

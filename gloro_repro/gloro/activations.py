@@ -3,7 +3,7 @@ module between the tracked layers.
 
 Each such module declares its L2 Lipschitz constant and how an elementwise bound on its input
 (its magnitude, or its rounding error) passes to its output: the attribute ``lipschitz`` and the
-method ``propagate_bound``. torch's ReLU, Flatten and Identity are accepted as they are: they are
+method ``propagate_bound``. torch's ReLU, Flatten, Unflatten and Identity are accepted as they are: they are
 1-Lipschitz, and applied to a nonnegative bound they are exactly what propagates it.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TORCH_ONE_LIPSCHITZ = (nn.ReLU, nn.Flatten, nn.Identity)
+TORCH_ONE_LIPSCHITZ = (nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity)
 
 
 def lipschitz_constant(module: nn.Module) -> float | None:

@@ -47,7 +47,8 @@ def operator_matrix(layer) -> torch.Tensor:
 
     Materialises every column, so use it only on small layers. The entries are exact: applied to
     a basis vector, each output of a dense or convolutional map is a sum with at most one nonzero
-    term, one (float32, hence exact in float64) weight times 1.
+    term, one float64 kernel entry times 1 (a float32 weight, exact in float64, or a residual
+    kernel as the float64 pass forms it, see ``LipschitzResidualConv2d``).
     """
     in_dim = math.prod(layer.input_shape)
     basis = torch.eye(in_dim, dtype=torch.float64).reshape(in_dim, *layer.input_shape)
@@ -86,7 +87,7 @@ def conv_norm_upper_bound(layer, grids: int = 1) -> float:
     """Provable upper bound on the norm of a zero-padded, strided ``LipschitzConv2d`` (see module
     docstring): the smallest circular-convolution norm over ``grids`` valid grid sizes, before widening."""
     s = layer.stride
-    kernel = polyphase_kernel(layer.weight.detach().cpu().double(), s)
+    kernel = polyphase_kernel(layer.kernel(layer.weight.detach().cpu().double()), s)
     left, right, top, bottom = layer.padding
     _, h, w = layer.input_shape
     kq = kernel.shape[-1]

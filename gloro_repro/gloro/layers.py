@@ -6,12 +6,15 @@ brings what the bounds need: ``linear_map`` and its adjoint ``adjoint_map`` (pow
 Lipschitz layer is one ``LipschitzLinear`` subclass defining the two maps and ``forward``.
 
 The power-iteration iterate ``u`` is a buffer, so it is saved in the ``state_dict`` and a
-checkpoint carries its converged state. Iterations run without gradient; ``lipschitz()``
-computes ``||A u|| / ||u||`` with the current weights, so the gradient reaches the weights
-through that final norm only (as in the paper, Section 3).
+checkpoint carries its converged state, with ``converged_for``, the digest of the parameters it
+converged for: ``is_converged()`` tells whether the estimate still describes the weights (an
+optimiser step or a loaded state_dict since ``converge`` makes it stale). Iterations run without
+gradient; ``lipschitz()`` computes ``||A u|| / ||u||`` with the current weights, so the gradient
+reaches the weights through that final norm only (as in the paper, Section 3).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -22,6 +25,7 @@ from .bounds import (
     CIRCULAR_GRIDS,
     EXACT_MAX_ENTRIES,
     EXACT_MAX_SIDE,
+    ROUND_UP,
     SOUND_RTOL,
     SoundBound,
     conv_norm_upper_bound,
@@ -31,6 +35,10 @@ from .bounds import (
 
 INITIALISERS = ("default", "orthogonal")
 CONVERGE_WINDOW = 32  # iterations between the estimates ``converge`` compares
+DIGEST_BYTES = 32  # sha256
+# |fl(I + s W) - (I + s W)| <= KERNEL_ROUNDING (I + |s| |W|) entrywise, in float32 and in float64
+# (three roundings of at most 2^-24 relative each, s rounded included)
+KERNEL_ROUNDING = 2.0 ** -22
 
 
 def init_weight_(weight: torch.Tensor, init: str, generator: torch.Generator | None = None) -> None:
@@ -73,6 +81,34 @@ class LipschitzLinear(nn.Module):
 
     def _register_iterate(self, shape: tuple[int, ...], generator: torch.Generator | None) -> None:
         self.register_buffer("u", _unit(torch.randn(shape, generator=generator)))
+        self.register_buffer("converged_for", torch.zeros(DIGEST_BYTES, dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before ``converged_for`` existed load as not converged
+        state_dict.setdefault(prefix + "converged_for", torch.zeros(DIGEST_BYTES, dtype=torch.uint8))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def weights_digest(self) -> torch.Tensor:
+        """sha256 of the layer's parameters (names, dtypes, shapes, bytes) as ``uint8 [32]``."""
+        digest = hashlib.sha256()
+        for name, value in self.named_parameters():
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+
+    def is_converged(self) -> bool:
+        """Whether ``converge`` finished for exactly the current parameters."""
+        return torch.equal(self.converged_for.cpu(), self.weights_digest())
+
+    def cached_sound_bound(self) -> SoundBound:
+        """``sound_bound()``, recomputed only when the parameters change (it takes seconds on large layers)."""
+        digest = bytes(self.weights_digest().tolist())
+        cached = getattr(self, "_sound_cache", None)
+        if cached is None or cached[0] != digest:
+            self._sound_cache = cached = (digest, self.sound_bound())
+        return cached[1]
 
     def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """A x without bias, with ``weight`` in place of the layer's own if given. Shape: as ``forward``."""
@@ -138,6 +174,7 @@ class LipschitzLinear(nn.Module):
     @torch.no_grad()
     def converge(self, tol: float = 1e-5, max_iter: int = 100_000) -> int:
         """Iterate until the estimate's remaining rise is at most ``tol`` (relative); return the count.
+        Only then is the layer marked converged for its current parameters (``is_converged``).
 
         The estimate rises monotonically towards the norm, geometrically at the rate
         (sigma_2 / sigma_1)^2 per iteration, which is slow when the top two singular values are
@@ -151,6 +188,12 @@ class LipschitzLinear(nn.Module):
         """
         if not (tol > 0 and max_iter >= 1):
             raise ValueError(f"converge needs tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+        done, converged = self._iterate_to_convergence(tol, max_iter)
+        if converged:
+            self.converged_for.copy_(self.weights_digest())
+        return done
+
+    def _iterate_to_convergence(self, tol: float, max_iter: int) -> tuple[int, bool]:
         sigmas, done = [self.lipschitz().item()], 0
         while done < max_iter:
             step = min(CONVERGE_WINDOW, max_iter - done)
@@ -164,8 +207,8 @@ class LipschitzLinear(nn.Module):
             ratio = max(b / a if a > 0 else math.inf for a, b in zip(rises, rises[1:]))
             remaining = rises[-1] * ratio / (1 - ratio) if ratio < 1 else math.inf
             if rises[-1] <= 0 or remaining <= tol * abs(sigmas[-1]):
-                return done
-        return done
+                return done, True
+        return done, False
 
 
 class LipschitzDense(LipschitzLinear):
@@ -243,11 +286,25 @@ class LipschitzConv2d(LipschitzLinear):
             return F.conv2d(x, weight, bias, stride=self.stride, padding=self.symmetric)
         return F.conv2d(F.pad(x, self.padding), weight, bias, stride=self.stride)
 
+    def kernel(self, weight: torch.Tensor) -> torch.Tensor:
+        """The convolution's kernel given the weight parameter (itself, here)."""
+        return weight
+
+    def kernel_magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        """Entrywise at least ``|kernel|`` as any float32 or float64 pass computes it (for ``abs_map``)."""
+        return weight.abs()
+
     def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return self._conv(x, self.weight if weight is None else weight)
+        return self._conv(x, self.kernel(self.weight if weight is None else weight))
+
+    def abs_map(self, v: torch.Tensor, bias: bool = False) -> torch.Tensor:
+        out = self._conv(v, self.kernel_magnitude(self.weight.detach().to(v)))
+        if bias and self.bias is not None:
+            out = out + self.bias.detach().to(v).abs().view(1, -1, 1, 1)
+        return out
 
     def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        weight = self.weight if weight is None else weight
+        weight = self.kernel(self.weight if weight is None else weight)
         c, h, w = self.input_shape
         if self.symmetric is not None:
             return torch.nn.grad.conv2d_input((y.shape[0], c, h, w), weight, y, stride=self.stride,
@@ -258,7 +315,7 @@ class LipschitzConv2d(LipschitzLinear):
         return x[:, :, top:top + h, left:left + w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x, self.weight, self.bias)
+        return self._conv(x, self.kernel(self.weight), self.bias)
 
     def sound_bound(self) -> SoundBound:
         """Near-exact where the operator can be materialised, else the best circular bound of
@@ -270,6 +327,55 @@ class LipschitzConv2d(LipschitzLinear):
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape
         return f"{c_in}, {c_out}, kernel_size={k}, stride={self.stride}, input_size={self.input_shape[1:]}"
+
+
+class LipschitzResidualConv2d(LipschitzConv2d):
+    """A linear residual block ``y = x + scale * conv_W(x) + b`` as one convolution (LiResNet's block):
+    its kernel is the identity at the centre tap plus ``scale * W``, so power iteration, the
+    provable bound, the rounding bound and the export see one operator, ``I + scale * W``.
+
+    Stride 1, an odd kernel (a centre tap) and as many output channels as input channels. The
+    kernel is formed in the working precision; its rounding (``KERNEL_ROUNDING``) is added to the
+    provable bound and to ``kernel_magnitude``, so both hold for the float32 and float64 passes.
+
+    Shape:
+        input ``[N, C, H, W]``, output ``[N, C, H, W]``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, input_size: tuple[int, int], scale: float = 1.0,
+                 init: str = "default", generator: torch.Generator | None = None):
+        if kernel_size % 2 == 0:
+            raise ValueError(f"a residual conv needs an odd kernel (a centre tap), got kernel_size={kernel_size}")
+        super().__init__(channels, channels, kernel_size, 1, input_size, init, generator)
+        self.scale = float(scale)
+        identity = torch.zeros(channels, channels, kernel_size, kernel_size)
+        identity[range(channels), range(channels), kernel_size // 2, kernel_size // 2] = 1
+        self.register_buffer("identity", identity, persistent=False)
+
+    def _identity(self, like: torch.Tensor) -> torch.Tensor:
+        # converted only when it differs, so an exported program holds no dtype check on it (.double() works)
+        same = self.identity.dtype == like.dtype and self.identity.device == like.device
+        return self.identity if same else self.identity.to(like)
+
+    def kernel(self, weight: torch.Tensor) -> torch.Tensor:
+        return self._identity(weight) + self.scale * weight
+
+    def kernel_magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        return (self._identity(weight) + abs(self.scale) * weight.abs()) * (1 + KERNEL_ROUNDING)
+
+    @torch.no_grad()
+    def sound_bound(self) -> SoundBound:
+        """The bound of the float64 kernel plus the norm of any pass's kernel rounding, at most
+        ``KERNEL_ROUNDING * sqrt(||M||_1 ||M||_inf)`` with M the operator of ``I + |scale| |W|``."""
+        bound = super().sound_bound()
+        magnitude = self.kernel_magnitude(self.weight.detach().cpu().double())
+        rows, columns = magnitude.sum(dim=(1, 2, 3)).max(), magnitude.sum(dim=(0, 2, 3)).max()
+        slack = KERNEL_ROUNDING * math.sqrt(float(rows * columns)) * ROUND_UP
+        return SoundBound((bound.value + slack) * ROUND_UP, bound.method)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, kernel_size={self.weight.shape[-1]}, scale={self.scale}, " \
+               f"input_size={self.input_shape[1:]}"
 
 
 def tracked_layers(module: nn.Module) -> list[LipschitzLinear]:

@@ -8,16 +8,14 @@ change the prediction (Theorem 4), so every non-bottom prediction is certified.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from .activations import lipschitz_constant
 from .bounds import SOUND_RTOL, SoundBound
-from .layers import LipschitzDense, LipschitzLinear, tracked_layers
+from .chain import UnboundableNetworkError, activations_lipschitz, network_chain, tracked_chain
 from .precision import require_ieee
 from .rounding import logit_rounding_bound
 
@@ -137,28 +135,45 @@ def certify_float64(f: nn.Module, x: torch.Tensor, k_ij: torch.Tensor, eps: floa
     return certify_logits(batched_logits(copy.deepcopy(f).double(), x.double(), batch_size), k_ij, eps, rounding)
 
 
+class StaleIteratesError(RuntimeError):
+    """The power-iteration estimate was asked for on iterates not converged for the current weights."""
+
+
 class GloroNet(nn.Module):
     """Wraps a network of Lipschitz-tracked layers; ``forward`` returns the m+1 GloRo logits.
 
+    f must be a chain the core can bound (``chain.network_chain``); anything else is refused here.
     In training mode each forward first runs ``power_iterations`` iterations on every layer
     (without gradient); the margin bounds are then computed with the current weights so the
-    loss's gradient reaches them. Call ``converge`` before evaluation.
+    loss's gradient reaches them. Certificates default to the provable bound; the paper's
+    power-iteration bound is used only by name and only after ``converge`` for the current weights.
     """
 
     def __init__(self, f: nn.Module, eps: float, power_iterations: int = 5):
         super().__init__()
+        chain = network_chain(f)
         self.f = f
         self.eps = eps
         self.power_iterations = power_iterations
-        self.layers = tracked_layers(f)
-        if not self.layers or not isinstance(self.layers[-1], LipschitzDense):
-            raise ValueError("GloroNet needs a network whose last tracked layer is a LipschitzDense (the logits)")
-        others = [m for m in f.modules() if not list(m.children()) and not isinstance(m, LipschitzLinear)]
-        unbounded = [type(m).__name__ for m in others if lipschitz_constant(m) is None]
-        if unbounded:
-            raise ValueError(f"GloroNet cannot bound the Lipschitz constant of {unbounded}: use Lipschitz-tracked "
-                             "layers and activations that declare theirs (see gloro_repro.gloro.activations)")
-        self.activation_lipschitz = math.prod(lipschitz_constant(m) for m in others)
+        self.layers = tracked_chain(chain)
+        self.activation_lipschitz = activations_lipschitz(chain)
+
+    def chain(self) -> list[nn.Module]:
+        """f's validated chain; refuses an f changed since construction into something else."""
+        chain = network_chain(self.f)
+        if [id(m) for m in tracked_chain(chain)] != [id(m) for m in self.layers] or \
+                activations_lipschitz(chain) != self.activation_lipschitz:
+            raise UnboundableNetworkError("f's layers changed since this GloroNet was built; build a new GloroNet")
+        return chain
+
+    def require_converged(self) -> None:
+        """Refuse the power-iteration estimate on iterates that were not converged for these weights."""
+        stale = [i for i, layer in enumerate(self.layers) if not layer.is_converged()]
+        if stale:
+            raise StaleIteratesError(
+                f"power-iteration iterates of tracked layers {stale} are not converged for the current weights "
+                "(never converged, or the weights changed since); call converge() first, or use the provable "
+                "bound (bound='sound')")
 
     def sub_lipschitz(self) -> torch.Tensor:
         """Product of the power-iteration norms of every layer but the last (and the activations' constants)."""
@@ -173,29 +188,34 @@ class GloroNet(nn.Module):
 
     @torch.no_grad()
     def sound_bounds(self) -> list[SoundBound]:
-        """Every tracked layer's provable norm bound and its method (its ``sound_bound()``, on the CPU);
-        seconds on large layers, so compute it once and pass it to ``k_ij_sound`` and ``layer_product``."""
-        return [layer.sound_bound() for layer in self.layers]
+        """Every tracked layer's provable norm bound and its method (its ``sound_bound()``, on the CPU;
+        seconds on large layers, so each layer keeps it until its parameters change)."""
+        self.chain()
+        return [layer.cached_sound_bound() for layer in self.layers]
 
     @torch.no_grad()
     def k_ij_sound(self, bounds: list[SoundBound] | None = None) -> torch.Tensor:
-        """Provable margin bounds in float64 on the CPU, from ``bounds`` (default: computed now; seconds
-        on large layers, see ``sound_bounds``). ``[m, m]``."""
-        bounds = [layer.sound_bound() for layer in self.layers[:-1]] if bounds is None else bounds[:-1]
+        """Provable margin bounds in float64 on the CPU, from ``bounds`` (default: ``sound_bounds()``). ``[m, m]``."""
+        bounds = (self.sound_bounds() if bounds is None else bounds)[:-1]
         sub = torch.tensor([bound.value for bound in bounds], dtype=torch.float64).prod() * self.activation_lipschitz
         # the last factor covers the float64 rounding of the row-difference norms
         return margin_lipschitz(sub, self.layers[-1].weight.detach().cpu().double()) * (1 + SOUND_RTOL)
 
-    def margin_bounds(self, bound: Bound = "power") -> torch.Tensor:
-        """``k_ij()`` for the ``power`` bound, ``k_ij_sound()`` (on the CPU) for the ``sound`` one."""
+    def margin_bounds(self, bound: Bound = "sound") -> torch.Tensor:
+        """``k_ij_sound()`` (on the CPU) for the ``sound`` bound; ``k_ij()`` for the ``power`` one, on
+        converged iterates only (``require_converged``)."""
         if bound not in BOUNDS:
             raise ValueError(f"unknown bound {bound!r}; expected one of {BOUNDS}")
-        return self.k_ij() if bound == "power" else self.k_ij_sound()
+        if bound == "sound":
+            return self.k_ij_sound()
+        self.require_converged()
+        return self.k_ij()
 
     @torch.no_grad()
     def layer_product(self, bound: Bound = "power", bounds: list[SoundBound] | None = None) -> float:
         """Upper bound on f's global L2 Lipschitz constant: the product of all layers' norms (the
-        provable ones from ``bounds``, default computed now, for ``bound="sound"``)."""
+        provable ones from ``bounds``, default ``sound_bounds()``, for ``bound="sound"``; for ``power``
+        the current iterates' estimate, converged or not, as training logs it)."""
         if bound == "sound":
             bounds = self.sound_bounds() if bounds is None else bounds
             product = float(torch.tensor([b.value for b in bounds], dtype=torch.float64).prod()) * (1 + SOUND_RTOL)
@@ -225,16 +245,18 @@ class GloroNet(nn.Module):
         return logit_rounding_bound(self.f, input_shape=self.layers[0].input_shape, dtype=dtype)
 
     @torch.no_grad()
-    def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "power") -> Certificate:
-        """Predict and certify ``x`` at radius ``eps``: with the ``power`` bound as the paper does, or
-        with the provable ``sound`` bound and the forward pass's rounding error accounted for.
+    def certify(self, x: torch.Tensor, eps: float | None = None, bound: Bound = "sound") -> Certificate:
+        """Predict and certify ``x`` at radius ``eps``: with the provable ``sound`` bound and the forward
+        pass's rounding error accounted for (default), or with the ``power`` bound as the paper does
+        (converged iterates only).
 
         Certify in float64 by converting the network and ``x`` (``net.double()``, ``x.double()``).
         """
         eps = self.eps if eps is None else eps
+        k = self.margin_bounds(bound)  # refuses an unknown bound, a changed f, stale iterates
         if bound == "sound":
-            return certify_logits(self.f(x), self.k_ij_sound().to(x.device), eps, logit_rounding_bound(self.f, x))
-        return certify_logits(self.f(x), self.margin_bounds(bound), eps)
+            return certify_logits(self.f(x), k.to(x.device), eps, logit_rounding_bound(self.f, x))
+        return certify_logits(self.f(x), k, eps)
 
 
 def clean_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

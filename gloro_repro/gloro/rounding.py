@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .activations import propagate_bound
+from .chain import network_chain
 from .layers import LipschitzLinear
 from .precision import require_ieee
 
@@ -33,7 +34,7 @@ def _gamma(n: int, u: float) -> float:
 
 
 @torch.no_grad()
-def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
+def logit_rounding_bound(f: nn.Module, x: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Per-logit bound r on ``|computed f(x) - exact f(x)|``.
 
@@ -55,7 +56,7 @@ def logit_rounding_bound(f: nn.Sequential, x: torch.Tensor | None = None, input_
     value = x  # the computed activations, per input
     magnitude = torch.ones((1, *input_shape), dtype=torch.float64) if x is None else x.double().abs()
     error = torch.zeros_like(magnitude)  # bounds |computed - exact|
-    for module in f:
+    for module in network_chain(f):
         if isinstance(module, LipschitzLinear):
             local = _gamma(module.terms_per_output + 1, u) * module.abs_map(magnitude, bias=True)
             error = (module.abs_map(error) + local) * SLACK
