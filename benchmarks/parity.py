@@ -50,7 +50,7 @@ from gloro_repro.config import load_params
 from gloro_repro.data.mnist import read_mnist_split
 from gloro_repro.gloro import GloroNet, build_network, step_loss
 from gloro_repro.gloro.layers import _unit
-from gloro_repro.gloro.model import certify_logits, gloro_logits
+from gloro_repro.gloro.model import certify_logits
 from gloro_repro.io import atomic_open
 
 
@@ -92,8 +92,8 @@ class ThroughIterations(GloroNet):
             sub = sub * layer.linear_map(x).norm() / (x.norm() + 1e-9)
         return sub
 
-    def forward(self, x, eps=None):
-        return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
+    def logits_and_bounds(self, x):  # the iterations run inside sub_lipschitz, not before
+        return self.f(x), self.k_ij()
 
 
 class KerasAdam(torch.optim.Optimizer):
@@ -171,7 +171,7 @@ def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...], stop_af
             for group in optimiser.param_groups:
                 group["lr"] = settings.lr
             batch = order[b * training.batch_size:(b + 1) * training.batch_size]
-            loss = step_loss(net, x[batch], y[batch], settings.eps, settings.lam, experiment.trades).loss
+            loss = step_loss(net, x[batch], y[batch], settings.eps, settings.lam, experiment.training.loss).loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -234,16 +234,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs (LR decay follows)")
     parser.add_argument("--eps-train", type=float, default=None, help="override training.eps_train")
-    parser.add_argument("--loss", default=None, help="override training.loss, e.g. 0.1,2.0,100")
+    parser.add_argument("--lam", default=None, help="override training.lam (TRADES's lambda), e.g. 0.1,2.0,100")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
     parser.add_argument("--out", default="results/parity", help="output path without extension")
     args = parser.parse_args(argv)
     experiment = load_params("params.yaml").experiments["mnist_t10k_2c2f_minmax"]
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("eps_train", args.eps_train), ("loss", args.loss))
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("eps_train", args.eps_train), ("lam", args.lam))
                  if v is not None}
     experiment = experiment.with_values(**overrides) if overrides else experiment
     t = experiment.training
-    setting = f"{t.epochs} epochs, eps_train {t.eps_train}, lambda {t.loss}"
+    setting = f"{t.epochs} epochs, eps_train {t.eps_train}, lambda {t.lam}"
     x, y = read_mnist_split(args.mnist, "test")
     x = x.float() / 255
     data = (x[:8000], y[:8000], x[8000:], y[8000:])

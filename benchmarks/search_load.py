@@ -33,7 +33,7 @@ def controlled(sleep: float):
     """VRA peaks at the known best; each trial takes ``sleep`` seconds."""
     def objective(e, trial, label):
         time.sleep(sleep)
-        lam = float(e.value("loss")) if "," not in e.value("loss") else 0.0
+        lam = float(e.value("lam")) if "," not in e.value("lam") else 0.0
         return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2)
                 - 0.05 * abs(e.value("epochs") - 3) + 0.05 * (e.value("lr_decay") == "5e-07")
                 + 0.05 * (e.value("warmup") == 0)

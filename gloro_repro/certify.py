@@ -3,14 +3,14 @@
     python -m gloro_repro.certify --model models/digits_minmax --input X.npz [--eps E] [--bound sound] --out out.csv
 
 ``X.npz`` holds ``x``, shaped ``[N, C, H, W]`` like the model's input: floats in [0, 1], or uint8
-images in 0..255 (another integer scale: say it with --max-value, e.g. 16 for scikit-learn's
-digits), and optionally ``y``, integer labels. Other array names: --x-key / --y-key (the
-pipeline's own data/<dataset>/<dataset>.npz: --x-key x_test --y-key y_test --max-value from its
-.json). Uses only the model folder's ``model.pt2`` and ``lipschitz.json``, and refuses a pair that
-was not exported together. Writes one row per input: predicted class, certified (bool), certified
-radius, and the label if given. A prediction is certified at radius eps when
-``f_j(x) > max_{i != j} f_i(x) + eps * K_ji``; with the default provable bound, f runs in float64
-and the margins are reduced by its rounding bound.
+images on the scale of the model's training data (recorded in ``lipschitz.json``: 255, or 16 for
+scikit-learn's digits; --max-value overrides it), and optionally ``y``, integer labels. Other
+array names: --x-key / --y-key (the pipeline's own data/<dataset>/<dataset>.npz: --x-key x_test
+--y-key y_test). Uses only the model folder's ``model.pt2`` and ``lipschitz.json``, and refuses a
+pair that was not exported together. Writes one row per input: predicted class (and its name,
+when the export records the class names), certified (bool), certified radius, and the label if
+given. A prediction is certified at radius eps when ``f_j(x) > max_{i != j} f_i(x) + eps * K_ji``;
+with the default provable bound, f runs in float64 and the margins are reduced by its rounding bound.
 
 Every input is checked before any work; a bad one exits 2 with a message saying what was found
 and what is expected, and nothing is written. Runs on the ``GLORO_ACCELERATOR`` device (default:
@@ -128,6 +128,10 @@ def checked_labels(y: np.ndarray | None, n: int, classes: int, where: str) -> np
     return y
 
 
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
 def checked_output(path: Path) -> Path:
     """The CSV path: not a folder, inside a folder that exists (nothing is created outside it)."""
     if path.is_dir():
@@ -144,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--x-key", default="x", help="name of the inputs in the .npz (default: x)")
     parser.add_argument("--y-key", default="y", help="name of the optional labels in the .npz (default: y)")
     parser.add_argument("--max-value", type=_positive_int, default=None,
-                        help="uint8 inputs are divided by this (default 255; 16 for scikit-learn's digits)")
+                        help="uint8 inputs are divided by this (default: the scale of the data the model was "
+                             "trained on, recorded in lipschitz.json; else 255)")
     parser.add_argument("--eps", type=_positive_float, default=None, help="L2 radius (default: the model's eps)")
     parser.add_argument("--bound", choices=BOUNDS, default="sound",
                         help="sound (default): provable K, float64 forward pass with its rounding error bounded; "
@@ -160,7 +165,8 @@ def main(argv=None) -> int:
         out = checked_output(args.out)
         model = ExportedModel.load(model_folder(args.model))
         x, y = read_arrays(args.input, args.x_key, args.y_key)
-        x = scaled_inputs(x, model.input_shape, args.max_value, f"--input {args.input}: {args.x_key}")
+        max_value = args.max_value if args.max_value is not None or x.dtype != np.uint8 else model.info.get("max_value")
+        x = scaled_inputs(x, model.input_shape, max_value, f"--input {args.input}: {args.x_key}")
         y = checked_labels(y, len(x), model.num_classes, f"--input {args.input}: {args.y_key}")
         device = Hardware.from_env().device()
     except (InputError, ExportError, HardwareError) as error:
@@ -169,10 +175,13 @@ def main(argv=None) -> int:
     eps = model.eps if args.eps is None else args.eps
     cert = model.to(device).certify(x.to(device), eps, args.bound, args.batch_size)
     prediction, certified, radius = (t.tolist() for t in (cert.prediction, cert.certified, cert.radius))
+    classes = model.info.get("classes")  # the prepared data's class names, when the export records them
     with atomic_open(out, "w") as handle:
-        handle.write("index,prediction,certified,radius" + (",label\n" if y is not None else "\n"))
+        handle.write("index,prediction," + ("class," if classes else "") + "certified,radius"
+                     + (",label\n" if y is not None else "\n"))
         for i in range(len(x)):
-            row = f"{i},{prediction[i]},{certified[i]},{radius[i]:.6g}"
+            name = f"{_csv_field(classes[prediction[i]])}," if classes else ""
+            row = f"{i},{prediction[i]},{name}{certified[i]},{radius[i]:.6g}"
             handle.write(row + (f",{int(y[i])}\n" if y is not None else "\n"))
     print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound, on {device}) -> {out}")
     return 0

@@ -6,6 +6,7 @@ keys, wrong types, bad schedule strings and unknown names fail with the key's pa
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ import yaml
 
 from gloro_repro.data import SOURCES
 from gloro_repro.data.augment import AUGMENTATIONS
+from gloro_repro.data.own import READERS
 from gloro_repro.gloro.activations import ACTIVATIONS
 from gloro_repro.gloro.architectures import ARCHITECTURES, architecture_spec, parse_spec
 from gloro_repro.gloro.layers import INITIALISERS
+from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.gloro.schedules import EpsSchedule, LambdaSchedule, LRSchedule, TrainingSchedule
 
 MODELS = ("gloro", "standard")
@@ -70,6 +73,8 @@ class ModelConfig:
 class TrainingConfig:
     """The training run: its seed, length, batches, augmentation and the paper's schedules.
 
+    ``loss`` names a registered loss (``gloro.losses.LOSSES``); ``lam`` is its lambda schedule
+    (TRADES: ``l`` or ``l0,l1,epochs``) and null for a loss without one.
     ``converge_tol`` belongs here because power iteration converges before every validation,
     whose VRA picks ``best.ckpt``; the converge stage uses it too. ``tf32`` lets the training
     passes use TensorFloat-32 on GPUs that have it (faster, about 1e-3 relative error); the
@@ -86,6 +91,7 @@ class TrainingConfig:
     eps_train: float
     eps_schedule: str
     loss: str
+    lam: str | None = None
     converge_tol: float = 1.0e-5
     tf32: bool = False
 
@@ -110,7 +116,9 @@ class Experiment:
     def __post_init__(self):
         where = f"experiments.{self.name}"
         data, model, training = self.data, self.model, self.training
-        _choice(f"{where}.data.dataset", data.dataset, SOURCES)
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", data.dataset):
+            raise ConfigError(f"{where}.data.dataset: got {data.dataset!r}, expected a name of letters, digits, "
+                              "'_', '.' and '-' (it names the folder data/<dataset>)")
         _choice(f"{where}.model.model", model.model, MODELS)
         _choice(f"{where}.model.activation", model.activation, tuple(ACTIVATIONS))
         _choice(f"{where}.model.init", model.init, INITIALISERS)
@@ -133,8 +141,7 @@ class Experiment:
         if not 0 <= data.val_fraction < 1:
             raise ConfigError(f"{where}.data.val_fraction: got {data.val_fraction}, expected a fraction in [0, 1) "
                               "(0: no validation split, the last epoch is the model)")
-        if model.model == "standard" and training.loss != "CE":
-            raise ConfigError(f"{where}.training.loss: got {training.loss!r}; a standard model trains with plain 'CE'")
+        _check_loss(where, model.model, training)
         for positive in ("steps", "restarts"):
             if getattr(self.attack, positive) < 1:
                 raise ConfigError(f"{where}.attack.{positive}: expected an integer >= 1")
@@ -150,9 +157,6 @@ class Experiment:
     def robust(self) -> bool:
         return self.model.model == "gloro"
 
-    @property
-    def trades(self) -> bool:
-        return self.robust and self.training.loss != "CE"
 
     @property
     def selection_metric(self) -> str | None:
@@ -172,7 +176,7 @@ class Experiment:
         return TrainingSchedule(
             warmup=t.warmup,
             eps=EpsSchedule.parse(t.eps_schedule, t.eps_train, t.epochs),
-            lam=LambdaSchedule.parse(t.loss if self.trades else 0),
+            lam=LambdaSchedule.parse(t.lam if t.lam is not None else 0),
             lr=LRSchedule.parse(t.lr_decay, t.init_lr, t.epochs))
 
     def _group_of(self, key: str) -> str | None:
@@ -232,14 +236,29 @@ class Params:
     datasets: tuple[str, ...]
     experiments: dict[str, Experiment]
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    sources: dict[str, str | None] = field(default_factory=dict)
+    sources: dict[str, str | dict | None] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in self.run:
             if name not in self.experiments:
                 raise ConfigError(f"run: unknown experiment {name!r}; expected one of {sorted(self.experiments)}")
-        for dataset in (*self.sources, *self.datasets):
-            _choice(f"sources.{dataset}" if dataset in self.sources else "datasets", dataset, SOURCES)
+        own = {"{" + f"{kind}: {'FILE' if kind == 'npz' else 'DIR'}" + "}" for kind in READERS}
+        for name, source in self.sources.items():
+            if isinstance(source, dict):
+                if len(source) != 1 or next(iter(source)) not in READERS or not isinstance(next(iter(source.values())),
+                                                                                         str):
+                    raise ConfigError(f"sources.{name}: got {source!r}, expected one of {sorted(own)}")
+            elif name not in SOURCES:
+                raise ConfigError(f"sources.{name}: got {source!r}; a dataset of your own is declared as one of "
+                                  f"{sorted(own)} (a folder or null is for the paper's datasets, {list(SOURCES)})")
+        known = sorted(set(SOURCES) | set(self.sources))
+        for dataset in self.datasets:
+            _choice("datasets", dataset, tuple(known))
+        for name, e in self.experiments.items():
+            if e.data.dataset not in known:
+                raise ConfigError(f"experiments.{name}.data.dataset: got {e.data.dataset!r}, expected one of "
+                                  f"{list(SOURCES)} or a dataset of your own declared under sources "
+                                  f"(sources.{e.data.dataset}: {sorted(own)[0]})")
         used = sorted({self.experiments[name].data.dataset for name in self.run})
         if sorted(set(self.datasets)) != used or len(set(self.datasets)) != len(self.datasets):
             raise ConfigError(f"datasets: got {list(self.datasets)}, but the experiments in run use {used}; "
@@ -250,6 +269,27 @@ class Params:
         if name not in self.experiments:
             raise ConfigError(f"unknown experiment {name!r}; expected one of {sorted(self.experiments)}")
         return self.experiments[name]
+
+
+def _check_loss(where: str, model: str, training: TrainingConfig) -> None:
+    """The loss is a registered name, with a lambda schedule exactly when it takes one; old params
+    files (``loss: CE`` or a TRADES lambda) are told how to write the new keys."""
+    loss, lam = training.loss, training.lam
+    if loss not in LOSSES:
+        old = "write loss: ce" if loss == "CE" else f"write loss: trades, lam: {loss!r}"
+        try:
+            LambdaSchedule.parse(loss)
+            hint = f" (loss now names the loss, and TRADES's lambda schedule is training.lam: {old})"
+        except ValueError:
+            hint = " (loss now names the loss: write loss: ce)" if loss == "CE" else ""
+        raise ConfigError(f"{where}.training.loss: got {loss!r}, expected one of {sorted(LOSSES)}{hint}")
+    if model == "standard" and loss != "ce":
+        raise ConfigError(f"{where}.training.loss: got {loss!r}; a standard model trains with plain 'ce'")
+    if LOSSES[loss].uses_lambda and lam is None:
+        raise ConfigError(f"{where}.training.lam: missing; loss {loss!r} needs its lambda schedule "
+                          "(a number, or 'l0,l1,epochs')")
+    if not LOSSES[loss].uses_lambda and lam is not None:
+        raise ConfigError(f"{where}.training.lam: got {lam!r}, but loss {loss!r} takes no lambda; remove it")
 
 
 def _choice(path: str, value, allowed: tuple) -> None:
@@ -327,8 +367,9 @@ def parse_params(data: dict) -> Params:
         raise ConfigError("experiments: expected a non-empty mapping of experiment name -> settings")
     run, datasets = (_names(key, data[key]) for key in ("run", "datasets"))
     sources = data.get("sources") or {}
-    if not isinstance(sources, dict) or not all(v is None or isinstance(v, str) for v in sources.values()):
-        raise ConfigError(f"sources: got {sources!r}, expected dataset -> folder of original files (or null)")
+    if not isinstance(sources, dict) or not all(v is None or isinstance(v, (str, dict)) for v in sources.values()):
+        raise ConfigError(f"sources: got {sources!r}, expected dataset -> folder of original files (or null), or "
+                          "{npz: FILE} / {imagefolder: DIR} for a dataset of your own")
     return Params(
         run=run,
         datasets=datasets,

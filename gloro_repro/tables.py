@@ -13,6 +13,7 @@ import pandas as pd
 
 from gloro_repro import paper
 from gloro_repro.config import Experiment, Params
+from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.io import atomic_open, write_json
 
 NOT_RUN = "not run"
@@ -27,14 +28,21 @@ B_COLUMNS = ("dataset", "architecture", "augmentation", "warmup", "batch_size", 
 def model_label(e: Experiment) -> str:
     if not e.robust:
         return "Standard"
-    if e.model.activation == "minmax":
-        return "MinMax GloRo"
-    return f"ReLU GloRo ({'T' if e.trades else 'CE'})"
+    if e.model.activation == "minmax":  # the paper's MinMax rows all train with TRADES
+        return "MinMax GloRo" if e.training.loss == "trades" else f"MinMax GloRo ({LOSSES[e.training.loss].label})"
+    return f"ReLU GloRo ({LOSSES[e.training.loss].label})"
+
+
+def paper_loss(e: Experiment) -> str:
+    """The loss as the paper's tables write it: CE, or the TRADES lambda; another loss by its label."""
+    if e.training.loss == "trades":
+        return e.training.lam
+    return LOSSES[e.training.loss].label
 
 
 def setting_label(e: Experiment) -> str:
     eps = "36/255" if math.isclose(e.eps_test, 0.141) else f"{e.eps_test:g}"
-    return f"{DATASETS[e.data.dataset]} ({eps})"
+    return f"{DATASETS.get(e.data.dataset, e.data.dataset)} ({eps})"
 
 
 def _read(path: Path) -> dict | None:
@@ -161,7 +169,7 @@ def table_b(params: Params, table: str) -> pd.DataFrame:
             if ours is None:
                 row[key] = f"{NOT_RUN} (paper: {paper_value})"
                 continue
-            value = ours.value(key)
+            value = paper_loss(ours) if key == "loss" else ours.value(key)
             same = _same(value, paper_value)
             row[key] = f"{value}" if same else f"{value} (paper: {paper_value})"
         records.append(row)

@@ -30,9 +30,10 @@ import optuna
 from optuna.trial import TrialState
 
 from gloro_repro.config import ConfigError, Experiment, Params, load_params
+from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.hardware import Hardware
 from sweeps import claims
-from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, resolve
+from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, key_of, resolve
 
 Objective = Callable[[Experiment, optuna.Trial, str], float]
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -75,9 +76,9 @@ class GreedySearch:
     def run(self) -> list[StepResult]:
         current, results = self.start, []
         for step in self.steps:
-            if step == "loss" and not current.trades:
+            if step == "loss" and not LOSSES[current.training.loss].uses_lambda:
                 results.append(StepResult(step, chosen=current.training.loss,
-                                          note="not searched: the row trains with CE"))
+                                          note=f"not searched: loss {current.training.loss} takes no lambda"))
                 continue
             try:
                 result = self.search_step(step, current)
@@ -99,7 +100,7 @@ class GreedySearch:
         if step == "epochs":
             self.fewer_epochs(study, current, result)
         scored = [(value, vra) for value, vra, _ in result.tried if vra is not None]
-        result.chosen = choose(step, scored, self.tie) if scored else str(current.value(step))
+        result.chosen = choose(step, scored, self.tie) if scored else str(current.value(key_of(step)))
         if not scored:
             result.note = "every trial failed; kept the previous value"
         return result

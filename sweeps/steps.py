@@ -12,6 +12,11 @@ from typing import Callable
 from gloro_repro.config import Experiment
 
 ORDER = ("eps_schedule", "loss", "epochs", "lr_decay", "warmup", "init", "power_iterations", "batch_size")
+KEYS = {"loss": "lam"}  # Appendix B's step name -> the params key it sets (its 'loss' step searches TRADES's lambda)
+
+
+def key_of(step: str) -> str:
+    return KEYS.get(step, step)
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,10 @@ def resolve(value: str, experiment: Experiment) -> str:
 def apply(experiment: Experiment, key: str, value: str) -> Experiment:
     """The experiment with ``key`` set to the candidate ``value`` (validated like params.yaml)."""
     typed = {"epochs": int, "warmup": int, "power_iterations": int, "batch_size": int}.get(key, str)
-    changes = {key: typed(resolve(value, experiment))}
+    changes = {key_of(key): typed(resolve(value, experiment))}
     if key == "epochs":  # ramps that spanned the whole run keep spanning it
-        for ramp_key in ("loss", "eps_schedule"):
-            parts = experiment.value(ramp_key).split(",")
+        for ramp_key in ("lam", "eps_schedule"):
+            parts = str(experiment.value(ramp_key)).split(",")
             if len(parts) == 3 and parts[2] == str(experiment.training.epochs):
                 changes[ramp_key] = ",".join(parts[:2] + [str(changes["epochs"])])
     return experiment.with_values(**changes)

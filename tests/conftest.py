@@ -90,7 +90,8 @@ def tiny_params(epochs: int = 3) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     experiment = params["experiments"]["digits_minmax"]
     experiment = experiment | {
-        "training": experiment["training"] | {"epochs": epochs, "loss": f"0.1,2.0,{epochs}", "batch_size": 256},
+        "training": experiment["training"] | {"epochs": epochs, "loss": "trades", "lam": f"0.1,2.0,{epochs}",
+                                          "batch_size": 256},
         "attack": {"steps": 5, "restarts": 1},
         "lower_bound": {"global_pairs": 4, "global_steps": 5, "local_centres": 4, "local_steps": 5, "lr": 1e-3}}
     return params | {"run": ["tiny"], "datasets": ["digits"],

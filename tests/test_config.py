@@ -12,6 +12,7 @@ import yaml
 from gloro_repro import paper
 from gloro_repro.config import ConfigError, load_params, parse_params
 from gloro_repro.stages import train
+from gloro_repro.tables import paper_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -45,7 +46,7 @@ def test_paper_rows_in_params_match_tables_b1_b2():
     for name, theirs in paper.HYPERPARAMETERS.items():
         ours = params.experiment(name)
         for key, value in theirs.items():
-            mine = ours.value(key)
+            mine = paper_loss(ours) if key == "loss" else ours.value(key)
             if isinstance(value, float):
                 assert float(mine) == pytest.approx(value), (name, key)
             else:
@@ -65,7 +66,13 @@ def test_every_architecture_has_a_standard_baseline():
     ("training.epohcs", 5, "experiments.digits_minmax.training: unknown key(s) ['epohcs']"),
     ("epochs", 5, "experiments.digits_minmax: unknown key(s) ['epochs']"),
     ("training.eps_schedule", "linear", "bad eps schedule 'linear'"),
-    ("training.loss", "1,2", "bad TRADES lambda schedule '1,2'"),
+    ("training.lam", "1,2", "bad TRADES lambda schedule '1,2'"),
+    ("training.lam", DELETE, "digits_minmax.training.lam: missing; loss 'trades' needs its lambda schedule"),
+    ("training.loss", "0.1,2.0,60", "training.loss: got '0.1,2.0,60', expected one of ['ce', 'emma', 'trades'] "
+                                    "(loss now names the loss, and TRADES's lambda schedule is training.lam: write "
+                                    "loss: trades, lam: '0.1,2.0,60')"),
+    ("training.loss", "CE", "write loss: ce"),
+    ("training.loss", "hinge", "training.loss: got 'hinge', expected one of ['ce', 'emma', 'trades']"),
     ("training.lr_decay", "decay to fast", "bad LR schedule 'decay to fast'"),
     ("model.architecture", "9C9F", "experiments.digits_minmax.model.architecture: '9C9F' is neither"),
     ("model.activation", "tanh", "experiments.digits_minmax.model.activation: got 'tanh'"),
@@ -90,8 +97,11 @@ def test_bad_values_name_the_key_and_value(key, value, message):
 
 
 def test_standard_models_must_use_plain_ce():
-    with pytest.raises(ConfigError, match="digits_standard.training.loss: got '1.5'"):
-        parse_params(with_change("digits_standard", "training.loss", 1.5))
+    with pytest.raises(ConfigError, match="digits_standard.training.loss: got 'trades'; a standard model trains "
+                                          "with plain 'ce'"):
+        parse_params(with_change("digits_standard", "training.loss", "trades"))
+    with pytest.raises(ConfigError, match="digits_relu_ce.training.lam: got '1.5', but loss 'ce' takes no lambda"):
+        parse_params(with_change("digits_relu_ce", "training.lam", 1.5))
 
 
 def test_datasets_must_be_exactly_those_of_the_selected_experiments():

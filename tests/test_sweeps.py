@@ -47,7 +47,7 @@ def preferring(seen: list | None = None, crash_on: str | None = None, stop_after
             raise KeyboardInterrupt
         if label == crash_on:
             raise RuntimeError("diverged")
-        lam = float(e.value("loss")) if "," not in e.value("loss") else 0.0
+        lam = float(e.value("lam")) if "," not in e.value("lam") else 0.0
         return (0.5 + 0.1 * (e.value("eps_schedule") == "log") - 0.2 * abs(lam - 3.2)
                 - 0.05 * abs(e.value("epochs") - 3) + 0.05 * (e.value("lr_decay") == "5e-07")
                 + 0.05 * (e.value("warmup") == 0) + 0.05 * (e.value("init") == "orthogonal")
@@ -73,7 +73,7 @@ def test_steps_run_in_the_papers_order_and_winners_carry_over():
     assert len([e for _, e in seen if e.value("eps_schedule") != "log"]) == 2  # only the other two eps candidates
     first_init = next(i for i, (label, _) in enumerate(seen) if label.startswith("init="))
     for _, e in seen[first_init:]:
-        chosen = tuple(e.value(key) for key in ("eps_schedule", "loss", "epochs", "lr_decay", "warmup"))
+        chosen = tuple(e.value(key) for key in ("eps_schedule", "lam", "epochs", "lr_decay", "warmup"))
         assert chosen == ("log", "3.2", 3, "5e-07", 0)
 
 

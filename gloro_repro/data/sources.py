@@ -1,4 +1,4 @@
-"""The dataset sources by name."""
+"""The dataset sources: the paper's by name, and your own (``own.py``) by kind."""
 from __future__ import annotations
 
 import urllib.error
@@ -8,7 +8,7 @@ from types import ModuleType
 
 from torchvision.datasets.utils import download_url
 
-from . import SOURCES, cifar10, digits, mnist, tinyimagenet
+from . import SOURCES, cifar10, digits, mnist, own, tinyimagenet
 from .arrays import DatasetArrays
 
 
@@ -36,18 +36,23 @@ def _download_failed(name: str, error: Exception) -> DownloadError:
         f"or prepare it by hand: python -m gloro_repro.stages.prepare {name} --from /path/to/folder")
 
 
-def load_source(name: str, from_dir: Path | None = None, cache: Path = Path("downloads")) -> DatasetArrays:
-    """Load dataset ``name`` from the original files in ``from_dir``, or download them into ``cache``.
+def load_source(name: str, from_dir: Path | dict | None = None, cache: Path = Path("downloads")) -> DatasetArrays:
+    """Load dataset ``name`` from the original files in ``from_dir``, or download them into ``cache``;
+    or your own data, ``from_dir`` being ``{"npz": FILE}`` or ``{"imagefolder": DIR}`` (``own.READERS``).
 
     ``digits`` ships with scikit-learn and needs neither.
     """
+    if isinstance(from_dir, dict):
+        ((kind, path),) = from_dir.items()
+        return own.READERS[kind](Path(path))
     if name == "digits":
         return digits.load()
     loaders = {"mnist": mnist.load, "mnist_t10k": mnist.load_t10k,
                "cifar10": partial(_read_original_archive, cifar10),
                "tinyimagenet": partial(_read_original_archive, tinyimagenet)}
     if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {SOURCES}")
+        raise ValueError(f"unknown dataset {name!r}; expected one of {SOURCES}, or your own declared in params.yaml "
+                         f"as sources.{name}: {{npz: FILE}} or {{imagefolder: DIR}}")
     if from_dir is not None and not Path(from_dir).is_dir():
         raise FileNotFoundError(f"--from {from_dir}: no such directory")
     try:

@@ -13,11 +13,11 @@ from .schedules import TrainingSchedule
 
 
 def fit(net: GloroNet, x: torch.Tensor, y: torch.Tensor, schedule: TrainingSchedule, batch_size: int,
-        trades: bool = True, seed: int = 0, tol: float = 1e-5) -> GloroNet:
+        loss: str = "trades", seed: int = 0, tol: float = 1e-5) -> GloroNet:
     """Train ``net`` on in-memory ``x``, ``y`` following ``schedule``; converge power iteration at the end.
 
-    Warm-up epochs use plain cross-entropy on f; robust epochs use TRADES(lambda_t) when
-    ``trades`` else CE over the m+1 logits, at eps_t with learning rate lr_t.
+    Warm-up epochs use plain cross-entropy on f; robust epochs the registered ``loss`` (``losses.LOSSES``)
+    with lambda_t, at eps_t with learning rate lr_t.
     """
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=schedule.lr.init_lr, eps=1e-7)
@@ -30,9 +30,9 @@ def fit(net: GloroNet, x: torch.Tensor, y: torch.Tensor, schedule: TrainingSched
         for start in range(0, len(x), batch_size):
             batch = order[start:start + batch_size]
             eps = settings.eps if settings.robust else None
-            loss = step_loss(net, x[batch], y[batch], eps, settings.lam, trades).loss
+            value = step_loss(net, x[batch], y[batch], eps, settings.lam, loss).loss
             optimiser.zero_grad()
-            loss.backward()
+            value.backward()
             optimiser.step()
     net.eval()
     net.converge(tol)

@@ -233,11 +233,16 @@ class GloroNet(nn.Module):
         """Run every layer's power iteration to convergence; return the iterations each used."""
         return [layer.converge(tol, max_iter) for layer in self.layers]
 
-    def forward(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
-        """The m+1 GloRo logits at radius ``eps`` (default ``self.eps``). Shape: ``[N, ...]`` -> ``[N, m+1]``."""
+    def logits_and_bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f's logits ``[N, m]`` and the margin bounds ``[m, m]`` (in training mode after
+        ``power_iterations`` iterations), both with their gradient: what every training loss uses."""
         if self.training and self.power_iterations:
             self.power_iterate(self.power_iterations)
-        return gloro_logits(self.f(x), self.k_ij(), self.eps if eps is None else eps)
+        return self.f(x), self.k_ij()
+
+    def forward(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        """The m+1 GloRo logits at radius ``eps`` (default ``self.eps``). Shape: ``[N, ...]`` -> ``[N, m+1]``."""
+        return gloro_logits(*self.logits_and_bounds(x), self.eps if eps is None else eps)
 
     @torch.no_grad()
     def rounding(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

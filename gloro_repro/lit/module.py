@@ -88,7 +88,7 @@ class GloroModule(L.LightningModule):
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor | None,
                 lam: float | torch.Tensor) -> dict[str, torch.Tensor]:
-        step = step_loss(self.net, x, y, eps, lam, self.experiment.trades)
+        step = step_loss(self.net, x, y, eps, lam, self.experiment.training.loss)
         outputs = {"loss": step.loss, "train/clean": clean_accuracy(step.logits, y)}
         if step.gloro is not None:
             outputs["train/vra"] = vra(step.gloro, y)

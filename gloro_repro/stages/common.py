@@ -75,6 +75,12 @@ def prepared_data(experiment: Experiment) -> Path:
     return folder
 
 
+def prepared_labels(experiment: Experiment) -> dict:
+    """``classes`` and ``max_value`` of the experiment's prepared data, for the exported model's record."""
+    meta = json.loads((prepared_data(experiment) / f"{experiment.data.dataset}.json").read_text())
+    return {"classes": meta["classes"], "max_value": meta["max_value"]}
+
+
 def check_exported_eps(eps: float, experiment: Experiment, folder) -> None:
     """The exported ``lipschitz.json`` is certified at the experiment's one test radius, ``eps_test``."""
     if eps != experiment.eps_test:

@@ -18,7 +18,7 @@ import time
 from gloro_repro.artifacts import SELECTIONS, export_converged, read_checkpoint
 from gloro_repro.gloro.precision import float32_precision
 from gloro_repro.hardware import Hardware, describe
-from gloro_repro.stages.common import StaleInputError, run_stage
+from gloro_repro.stages.common import StaleInputError, prepared_labels, run_stage
 
 
 def converge(params, experiment) -> None:
@@ -32,7 +32,7 @@ def converge(params, experiment) -> None:
         start = time.perf_counter()
         with float32_precision("ieee"):
             iterations = net.to(device).converge(experiment.training.converge_tol)
-        info |= {"selection": which, "converge_tol": experiment.training.converge_tol,
+        info |= {"selection": which, **prepared_labels(experiment), "converge_tol": experiment.training.converge_tol,
                  "converge_device": describe(device), "converge_iterations": iterations,
                  "converge_seconds": time.perf_counter() - start}
         net = net.cpu()

@@ -3,10 +3,13 @@ experiment that uses it.
 
     python -m gloro_repro.stages.prepare digits                     # the source named by params.yaml
     python -m gloro_repro.stages.prepare mnist --from /path/to/original/files --out /tmp/mnist
+    python -m gloro_repro.stages.prepare mine     # sources.mine: {npz: FILE} or {imagefolder: DIR}
 
-Sources are verified by checksum before anything is written; on any error nothing is written.
+Sources are verified (checksums of the paper's files; the layout, labels and images of your own)
+before anything is written; on any error nothing is written. For the paper's datasets,
 ``sources.<dataset>`` in params.yaml names a folder holding the original files (null: download
-them into ``downloads/``; digits ship with scikit-learn).
+them into ``downloads/``; digits ship with scikit-learn); for your own, ``{npz: FILE}`` or
+``{imagefolder: DIR}`` (see ``gloro_repro/data/own.py``).
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ from pathlib import Path
 from gloro_repro.config import ConfigError, load_params
 from gloro_repro.data import SOURCES
 from gloro_repro.data.arrays import prepared_folder
+from gloro_repro.data.own import BadDataError
 from gloro_repro.data.sources import DownloadError, load_source
 from gloro_repro.data.verify import DataIntegrityError
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=SOURCES, help="the dataset to prepare")
+    parser.add_argument("dataset", help=f"the dataset to prepare: one of {', '.join(SOURCES)}, or one of your own "
+                                        "declared under sources in the params file")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="params file whose sources.<dataset> names the original files (default: params.yaml)")
     parser.add_argument("--from", dest="from_dir", type=Path, default=None,
@@ -39,12 +44,16 @@ def main(argv=None) -> int:
     try:
         if from_dir is None:
             from_dir = load_params(args.params).sources.get(dataset)
+        if dataset not in SOURCES and not isinstance(from_dir, dict):
+            raise ConfigError(f"unknown dataset {dataset!r}: expected one of {list(SOURCES)}, or a dataset of your "
+                              f"own declared in {args.params} as sources.{dataset}: {{npz: FILE}} or "
+                              "{imagefolder: DIR}")
         start = time.perf_counter()
-        arrays = load_source(dataset, from_dir and Path(from_dir), args.cache)
+        arrays = load_source(dataset, Path(from_dir) if isinstance(from_dir, str) else from_dir, args.cache)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataIntegrityError, FileNotFoundError, DownloadError) as error:
+    except (DataIntegrityError, BadDataError, FileNotFoundError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     npz, meta = arrays.save(args.out or prepared_folder(dataset), dataset)
