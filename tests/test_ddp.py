@@ -67,7 +67,7 @@ def test_two_processes_train_as_one(tmp_path, report):
     """Same global batch (256 = 2 x 128): one warm-up epoch (5 steps of cross-entropy, the last one
     split 88/87) and two robust epochs (10 more steps, power iteration in every one) match one
     process to rounding; the spread a second CPU thread alone causes is reported beside it."""
-    runs = {n: _project(tmp_path / f"p{n}", warmup=1, epochs=2, loss="0.1,2.0,2") for n in ("1", "2", "1x2")}
+    runs = {n: _project(tmp_path / f"p{n}", warmup=1, epochs=2, lam="0.1,2.0,2") for n in ("1", "2", "1x2")}
     for n, folder in runs.items():
         _run(folder, int(n[0]), str(DRIVER), threads=2 if n == "1x2" else 1)
     warm = {n: _net_state(runs[n] / "models/tiny/warmup.ckpt") for n in runs}
@@ -93,7 +93,7 @@ def test_two_processes_train_as_one(tmp_path, report):
 
 
 def test_ddp_training_resumes_after_kill_9(tmp_path):
-    folder = _project(tmp_path / "p", epochs=40, loss="0.1,2.0,40")
+    folder = _project(tmp_path / "p", epochs=40, lam="0.1,2.0,40")
     _run(folder, 2, "-m", "gloro_repro.stages.warmup", "tiny")
     killed_at = train_and_kill(folder, _env(2))  # kill -9 every rank
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"

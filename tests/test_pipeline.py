@@ -82,8 +82,13 @@ def test_every_stage_writes_its_outputs(workdir):
     numpy.savez(workdir / "X.npz", x=x.numpy(), y=data["y_test"])
     assert user_certify.main(["--model", "models/tiny", "--input", "X.npz", "--out", "out.csv"]) == 0
     rows = (workdir / "out.csv").read_text().splitlines()
-    assert rows[0] == "index,prediction,certified,radius,label" and len(rows) == len(x) + 1
-    assert sum(r.split(",")[2] == "True" for r in rows[1:]) == cert["certified_sound"]
+    assert rows[0] == "index,prediction,class,certified,radius,label" and len(rows) == len(x) + 1
+    assert all(r.split(",")[1] == r.split(",")[2] for r in rows[1:]), "digits' class names are their digits"
+    assert sum(r.split(",")[3] == "True" for r in rows[1:]) == cert["certified_sound"]
+    # uint8 digits on their own 0..16 scale: the scale comes from the export's record
+    numpy.savez(workdir / "X8.npz", x=data["x_test"])
+    assert user_certify.main(["--model", "models/tiny", "--input", "X8.npz", "--out", "out8.csv"]) == 0
+    assert (workdir / "out8.csv").read_text().splitlines() == [r.rsplit(",", 1)[0] for r in rows]  # no label
     numpy.savez(workdir / "bad.npz", x=x.numpy()[:, :, :4])
     assert user_certify.main(["--model", "models/tiny", "--input", "bad.npz", "--out", "bad.csv"]) == 2
 
