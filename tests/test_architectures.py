@@ -36,7 +36,11 @@ def test_custom_spec_and_activation_placement():
 
 @pytest.mark.parametrize("spec,message", [
     ("c16k4-d10", "bad layer 'c16k4'"),
-    ("d10-c16k3s1-d10", "conv 'c16k3s1' after a dense layer"),
+    ("d10-c16k3s1-d10", "'c16k3s1' after a dense layer"),
+    ("c8k3s1-d10-r3-d10", "'r3' after a dense layer"),
+    ("c8k3s1-r2-d10", "residual block 'r2' needs an odd kernel"),
+    ("r3-d10", "residual block 'r3' needs a conv stem"),
+    ("c8k3s1-r3x0-d10", "has a zero size"),
     ("c16k3s1", "the last layer must be dense"),
     ("c0k3s1-d10", "has a zero size"),
     ("3C3F", "bad layer '3C3F'"),
@@ -121,3 +125,17 @@ def test_exported_minmax_network_runs_with_and_without_grad():
         expected = f(x)
         assert torch.equal(program(x), expected)
     assert torch.equal(program(x).detach(), expected)  # grad mode on, as a user may call it
+
+
+@pytest.mark.parametrize("name,shape,blocks", [("LiResNet-digits", (1, 8, 8), 4), ("LiResNet-S", (1, 28, 28), 6)])
+def test_liresnets_are_chains_of_tracked_blocks_that_start_near_the_identity(name, shape, blocks):
+    from gloro_repro.gloro import GloroNet, LipschitzResidualConv2d
+
+    net = GloroNet(build_network(name, shape, 10, seed=0), eps=0.3)
+    residual = [layer for layer in net.layers if isinstance(layer, LipschitzResidualConv2d)]
+    assert len(residual) == blocks and all(layer.materialisable() for layer in net.layers)
+    assert all(0.9 < layer.sound_bound().value < 1.6 for layer in residual)
+    assert [type(m).__name__ for m in net.f][:4] == ["LipschitzConv2d", "MinMax", *(
+        ["LipschitzResidualConv2d", "MinMax"] if name == "LiResNet-digits" else ["LipschitzConv2d", "MinMax"])]
+    assert net.f(torch.rand(2, *shape)).shape == (2, 10)
+    assert parse_spec("c8k3s1-r3x3-d10") == parse_spec("c8k3s1-r3-r3-r3-d10")
