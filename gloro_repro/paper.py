@@ -66,6 +66,10 @@ D1A = {
 }
 D1A_COLUMNS = ("clean", "pgd", "vra", "sec_per_epoch", "epochs", "mem_mb_per_instance")
 
+# Later work, not this paper: LiResNet's published VRA at 36/255 (Hu et al., NeurIPS 2023), the
+# reference of our LiResNet rows in Figure D.1a's VRA column (its other columns are not comparable).
+LIRESNET_VRA = {"cifar10_liresnet": 70.1, "tinyimagenet_liresnet": 33.6}
+
 # Figure D.1b: certification on CIFAR-10 6C2F at 36/255: time (s), memory per instance (MB).
 D1B = {"cifar10_6c2f_relu_ce": (0.2, 2.5), "cifar10_6c2f_minmax": (0.4, 1.8)}
 

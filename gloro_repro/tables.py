@@ -108,10 +108,12 @@ def _rows(params: Params, metrics: dict, paper_rows: dict, robust_only: bool = T
 def table_d1a(params: Params, metrics: dict) -> pd.DataFrame:
     """Figure D.1a: clean, PGD, VRA (%), seconds per epoch, epochs, per-instance memory."""
     records = []
-    for name in _rows(params, metrics, paper.D1A):
+    for name in _rows(params, metrics, paper.D1A | paper.LIRESNET_VRA):
         e, ours = params.experiments[name], metrics.get(name)
-        theirs = paper.D1A.get(name, (None,) * 6)
-        row = {"setting": setting_label(e), "model": model_label(e), "arch": e.model.architecture, "experiment": name}
+        theirs = paper.D1A.get(name, (None, None, paper.LIRESNET_VRA.get(name), None, None, None))
+        reference = "GloRo" if name in paper.D1A else "LiResNet (Hu et al. 2023)" if name in paper.LIRESNET_VRA else "-"
+        row = {"setting": setting_label(e), "model": model_label(e), "arch": e.model.architecture, "experiment": name,
+               "paper": reference}
         for key, paper_value in zip(paper.D1A_COLUMNS, theirs):
             percent = key in ("clean", "pgd", "vra")
             value = None if ours is None else ours[key]
