@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def _committed_params() -> Path:
+    """params.yaml as committed (HEAD), in a temporary file: what a `dvc exp run -S` left in the
+    working copy (another `run`, changed settings) changes no test. Outside git: the file itself."""
+    try:
+        text = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ROOT / "params.yaml"
+    path = Path(tempfile.mkdtemp(prefix="gloro-params-")) / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+PARAMS = _committed_params()
 
 _REPORT: list[str] = []
 
@@ -87,7 +104,7 @@ def train_and_kill(folder: Path, env: dict, experiment: str = "tiny") -> int:
 
 def tiny_params(epochs: int = 3) -> dict:
     """params.yaml shrunk: the digits MinMax default with a few epochs and a token evaluation budget."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     experiment = params["experiments"]["digits_minmax"]
     experiment = experiment | {
         "training": experiment["training"] | {"epochs": epochs, "loss": "trades", "lam": f"0.1,2.0,{epochs}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import PARAMS, ROOT
 
 from gloro_repro import certify
 from gloro_repro.artifacts import build_gloro, export_converged
@@ -21,7 +21,7 @@ from gloro_repro.stages import prepare
 
 def _export(directory: Path, name: str) -> Path:
     """An untrained but converged digits model of experiment ``name``, exported as the pipeline does."""
-    experiment = load_params(ROOT / "params.yaml").experiment(name)
+    experiment = load_params(PARAMS).experiment(name)
     net = build_gloro(experiment, (1, 8, 8), 10)
     net.converge(1e-5)
     export_converged(net, experiment, {"input_shape": [1, 8, 8], "num_classes": 10, "epoch": 0}, directory)
@@ -197,7 +197,7 @@ def test_an_offline_download_names_the_files_and_the_param(tmp_path, monkeypatch
     monkeypatch.setattr(sources, "download_url", offline)
     for dataset, files in (("mnist", "train-images-idx3-ubyte.gz"), ("cifar10", "cifar-10-python.tar.gz")):
         code = prepare.main([dataset, "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "dl"),
-                             "--params", str(ROOT / "params.yaml")])
+                             "--params", str(PARAMS)])
         err = capsys.readouterr().err
         assert code == 1 and "Traceback" not in err and not (tmp_path / "out").exists()
         assert f"could not download {dataset} (" in err and files in err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PARAMS
 
 from gloro_repro import paper
 from gloro_repro.config import ConfigError, load_params, parse_params
@@ -15,7 +16,7 @@ from gloro_repro.stages import train
 from gloro_repro.tables import paper_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+RAW = yaml.safe_load(PARAMS.read_text())
 
 
 def with_change(experiment: str, key: str, value) -> dict:
@@ -35,14 +36,14 @@ DELETE = object()
 
 
 def test_params_yaml_is_valid_and_defaults_to_the_digits_experiments():
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(PARAMS)
     assert params.run == ("digits_minmax", "digits_relu_ce", "digits_relu_trades", "digits_standard")
     assert params.wandb.mode == "offline"
 
 
 def test_paper_rows_in_params_match_tables_b1_b2():
     """params.yaml's paper experiments carry the paper's hyperparameters, column by column."""
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(PARAMS)
     for name, theirs in paper.HYPERPARAMETERS.items():
         ours = params.experiment(name)
         for key, value in theirs.items():
@@ -54,7 +55,7 @@ def test_paper_rows_in_params_match_tables_b1_b2():
 
 
 def test_every_architecture_has_a_standard_baseline():
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(PARAMS)
     gloro = {(e.data.dataset, e.model.architecture) for name, e in params.experiments.items()
              if name in paper.HYPERPARAMETERS}
     standard = {(e.data.dataset, e.model.architecture) for e in params.experiments.values()
@@ -115,7 +116,7 @@ def test_datasets_must_be_exactly_those_of_the_selected_experiments():
 
 
 def test_trained_settings_leave_out_only_the_evaluation_budgets():
-    experiment = load_params(ROOT / "params.yaml").experiment("digits_minmax")
+    experiment = load_params(PARAMS).experiment("digits_minmax")
     assert set(experiment.trained_settings()) == {"name", "data", "model", "training", "eps_test"}
     changed = parse_params(with_change("digits_minmax", "attack", {"steps": 7})).experiment("digits_minmax")
     assert changed.trained_settings() == experiment.trained_settings()
@@ -137,7 +138,7 @@ def test_stage_exits_2_with_the_message_before_any_work(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("digits_minmax", "training.eps_schedule", "lgo")))
     assert train.main(["digits_minmax", "--params", str(tmp_path / "params.yaml")]) == 2
     assert "bad eps schedule 'lgo'" in capsys.readouterr().err
-    assert train.main(["no_such_experiment", "--params", str(ROOT / "params.yaml")]) == 2
+    assert train.main(["no_such_experiment", "--params", str(PARAMS)]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PARAMS
 
 from gloro_repro.config import load_params
 from gloro_repro.data.arrays import DatasetArrays
@@ -165,7 +166,7 @@ def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path):
     from gloro_repro.training import build_trainer, datamodule_for
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    experiment = load_params(ROOT / "params.yaml").experiments["mnist_2c2f_minmax"].with_values(warmup=1)
+    experiment = load_params(PARAMS).experiments["mnist_2c2f_minmax"].with_values(warmup=1)
     experiment = experiment.with_values(epochs=2)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(1100, 1, 28, 28), dtype=np.uint8)  # two batches of 512 and one of 76

@@ -20,7 +20,7 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, with_project_path
+from conftest import PARAMS, ROOT, with_project_path
 
 from benchmarks.search_load import EXPECTED, controlled, search_trials, tally, worker_command
 from sweeps.claims import open_storage
@@ -95,7 +95,7 @@ def test_a_finished_search_resumes_without_running_anything(killed_search):
     name, _, _ = killed_search
     calls = []
     objective = controlled(0.0)
-    search = GreedySearch(load_params(ROOT / "params.yaml").experiment("digits_minmax"),
+    search = GreedySearch(load_params(PARAMS).experiment("digits_minmax"),
                           lambda e, trial, label: calls.append(label) or objective(e, trial, label),
                           open_storage(URL, 1, 3), Budget(0.01), tie=0.001, name=name, poll_seconds=0.05)
     assert [r.chosen for r in search.run()] == EXPECTED and calls == [] and search.trials_run == 0
@@ -115,7 +115,7 @@ def test_racing_workers_never_train_a_candidate_twice():
 
 
 def test_two_workers_run_a_real_search_through_lightning(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((PARAMS).read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     url = fresh_database()
     env = with_project_path(dict(os.environ)) | {"WANDB_MODE": "disabled"}

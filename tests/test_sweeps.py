@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import PARAMS
 
 from gloro_repro.config import load_params
 from sweeps import greedy
@@ -31,7 +32,7 @@ def keep_torch_threads():
 
 
 def digits_minmax():
-    return load_params(ROOT / "params.yaml").experiment("digits_minmax")
+    return load_params(PARAMS).experiment("digits_minmax")
 
 
 def preferring(seen: list | None = None, crash_on: str | None = None, stop_after: int | None = None):
@@ -140,7 +141,7 @@ print([r.chosen for r in search.run()], search.trials_run)
 
 def test_two_workers_share_one_storage(tmp_path):
     url = f"journal:{tmp_path / 'search.log'}"
-    script = WORKER.format(root=str(ROOT), params=str(ROOT / "params.yaml"), url=url)
+    script = WORKER.format(root=str(ROOT), params=str(PARAMS), url=url)
     workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0].strip() for w in workers]
     assert all(w.returncode == 0 for w in workers)
@@ -172,7 +173,7 @@ def test_a_subset_of_steps_keeps_the_papers_order():
 
 def test_miniature_real_search_on_digits(tmp_path, monkeypatch):
     """Real trials through the pipeline's Lightning training, pruning callback and W&B (offline)."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((PARAMS).read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
