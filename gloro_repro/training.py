@@ -134,17 +134,18 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
                          cuda_graphs=hardware.cuda_graphs)
     total = experiment.schedule().total_epochs
     last = out_dir / "last.ckpt"
-    resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
-    if resume and is_first_process():
-        print(f"resuming {experiment.name} from {last}")
     # without a validation split (selection_metric None) "best" is simply the last epoch
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
     logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
     no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
+    # built (and the hardware checked) before a previous run is touched: a refusal moves nothing aside
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
                             callbacks=[best, latest, *callbacks], **no_validation)
+    resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
+    if resume and is_first_process():
+        print(f"resuming {experiment.name} from {last}")
     try:
         with float32_precision(precision(experiment)):
             trainer.fit(module, data, ckpt_path=last if resume else start)

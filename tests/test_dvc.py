@@ -155,6 +155,20 @@ def test_an_edit_changes_exactly_the_stages_that_read_it(project, key, value, ex
     assert changed == expected
 
 
+def test_a_failing_stage_deletes_no_result(project):
+    """DVC removes a stage's outputs before running it; the results are ``persist`` outputs, so a
+    stage that then refuses its params leaves every committed result as it was."""
+    results = {p: p.read_bytes() for p in (project / "results").rglob("*") if p.is_file()}
+    before = _edit(project, "experiments.tiny.training.eps_schedule", "lgo")
+    try:
+        run = _dvc(project, "repro")
+    finally:
+        (project / "params.yaml").write_text(yaml.safe_dump(before))
+    assert run.returncode != 0 and "bad eps schedule 'lgo'" in run.stdout + run.stderr
+    assert {p: p.read_bytes() for p in results if p.exists()} == results
+    assert _changed_stages(project) == set()
+
+
 def _epochs_in(checkpoint: Path) -> int:
     try:
         return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1

@@ -125,6 +125,12 @@ def test_killed_training_resumes_from_last_checkpoint(workdir):
     assert len(summary["epoch_seconds"]) == 40, "epochs before the kill are kept, not retrained"
     assert checkpoint_epoch(last) == 39
 
+    # A device count the batch cannot be shared among is refused before the finished run is touched.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GLORO_DEVICES", "3")
+        assert train.main(["tiny"]) == 2
+    assert not (workdir / "models/tiny/set_aside").exists() and checkpoint_epoch(last) == 39
+
     # Finished: the same command now starts over (e.g. after a code change DVC re-runs it), never skips,
     # and the finished run is kept aside, not deleted.
     assert train.main(["tiny"]) == 0
