@@ -314,7 +314,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", default=",".join(ORDER),
                         help="comma-separated subset of the steps, searched in the paper's order "
                              f"(default: all: {','.join(ORDER)})")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where search_<experiment>.{md,csv} go")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where search_<experiment>.{md,csv} go (default: results/ for a search of every step "
+                             "without --max-trials; sweeps/work/<experiment>/ for a partial one, so a quick try "
+                             "never replaces the committed report)")
     parser.add_argument("--threads", default="1",
                         help="torch threads per trial (default 1: run one worker per core, and every trial computes "
                              "the same numbers however many workers run); 'auto': the machine's cores divided among "
@@ -371,10 +374,14 @@ def main(argv=None) -> int:
                           Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
     started = time.perf_counter()
     results = search.run()
-    write_report(experiment, results, args.results, Budget(args.epoch_scale, args.max_trials),
+    partial = set(steps) != set(ORDER) or args.max_trials is not None
+    out = args.results or (work_dir if partial else Path("results"))
+    write_report(experiment, results, out, Budget(args.epoch_scale, args.max_trials),
                  time.perf_counter() - started, search.trials_run)
     print(f"search of {experiment.name}: {search.trials_run} new trial(s), "
-          f"{time.perf_counter() - started:.0f} s -> {args.results}/search_{experiment.name}.md")
+          f"{time.perf_counter() - started:.0f} s -> {out}/search_{experiment.name}.md"
+          + (" (a partial search: --results results to replace the committed report)"
+             if partial and args.results is None else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from gloro_repro import paper
 from gloro_repro.config import Experiment
 from gloro_repro.tables import write_table
-from sweeps.steps import Budget
+from sweeps.steps import Budget, key_of
 
 
 def paper_value(experiment: Experiment, step: str) -> str:
@@ -24,7 +24,7 @@ def search_table(experiment: Experiment, results) -> pd.DataFrame:
                           + (" (pruned)" if state == "pruned" else "") for value, vra, state in result.tried)
         records.append({"step": result.step, "tried (value: val VRA %)": tried or result.note,
                         "chosen": result.chosen if result.chosen is not None else "-",
-                        "params.yaml": str(experiment.value(result.step)),
+                        "params.yaml": str(experiment.value(key_of(result.step))),
                         "paper": paper_value(experiment, result.step)})
     return pd.DataFrame(records)
 

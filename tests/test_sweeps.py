@@ -179,9 +179,15 @@ def test_miniature_real_search_on_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/search_digits_minmax.md").write_text("the committed report")
     assert greedy.main(["--experiment", "digits_minmax", "--epoch-scale", "0.05", "--max-trials", "4"]) == 0
-    table = (tmp_path / "results/search_digits_minmax.md").read_text()
+    assert (tmp_path / "results/search_digits_minmax.md").read_text() == "the committed report", \
+        "a partial search (a trial cap) leaves the committed report alone"
+    table = (tmp_path / "sweeps/work/digits_minmax/search_digits_minmax.md").read_text()
     assert "| eps_schedule " in table and "trial cap reached" in table
+    (loss_row,) = [row for row in table.splitlines() if row.startswith("| loss ")]
+    assert "0.1,2.0,60" in loss_row, "the loss step's params.yaml column is TRADES's lambda"
     storage = open_storage(f"sqlite:///{tmp_path / 'sweeps/digits_minmax.db'}")
     trials = optuna.load_study(study_name="digits_minmax/eps_schedule", storage=storage).get_trials()
     assert len(trials) == 3 and all(0 <= t.value <= 1 for t in trials if t.value is not None)
