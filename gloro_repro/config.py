@@ -276,12 +276,16 @@ def _check_loss(where: str, model: str, training: TrainingConfig) -> None:
     files (``loss: CE`` or a TRADES lambda) are told how to write the new keys."""
     loss, lam = training.loss, training.lam
     if loss not in LOSSES:
-        old = "write loss: ce" if loss == "CE" else f"write loss: trades, lam: {loss!r}"
-        try:
-            LambdaSchedule.parse(loss)
-            hint = f" (loss now names the loss, and TRADES's lambda schedule is training.lam: {old})"
-        except ValueError:
-            hint = " (loss now names the loss: write loss: ce)" if loss == "CE" else ""
+        hint = ""
+        if loss == "CE":
+            hint = " (loss now names the loss: write loss: ce)"
+        else:
+            try:
+                LambdaSchedule.parse(loss)
+                hint = (" (loss now names the loss, and TRADES's lambda schedule is training.lam: write loss: "
+                        f"trades, lam: {loss!r})")
+            except ValueError:
+                pass
         raise ConfigError(f"{where}.training.loss: got {loss!r}, expected one of {sorted(LOSSES)}{hint}")
     if model == "standard" and loss != "ce":
         raise ConfigError(f"{where}.training.loss: got {loss!r}; a standard model trains with plain 'ce'")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import file_digest
-from .arrays import DatasetArrays
+from .arrays import KEYS, DatasetArrays
 
 SPLITS = ("train", "test")
 
@@ -77,14 +77,12 @@ def read_npz(path: Path) -> DatasetArrays:
         raise BadDataError(f"{path}: no such file (sources: {{npz: FILE}})")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in ("x_train", "y_train", "x_test", "y_test") if key not in archive]
-            if missing:
-                raise BadDataError(f"{path}: missing arrays {missing}; expected x_train, y_train, x_test, y_test")
-            arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {key: archive[key] for key in KEYS if key in archive}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        if isinstance(error, BadDataError):
-            raise
         raise BadDataError(f"{path}: not a readable npz archive ({type(error).__name__}: {error})") from None
+    missing = [key for key in KEYS if key not in arrays]
+    if missing:
+        raise BadDataError(f"{path}: missing arrays {missing}; expected {', '.join(KEYS)}")
     return checked_dataset(**arrays, where=str(path), source={"npz": str(path), "sha256": file_digest(path)})
 
 

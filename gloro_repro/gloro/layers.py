@@ -137,10 +137,14 @@ class LipschitzLinear(nn.Module):
     def abs_map(self, v: torch.Tensor, bias: bool = False) -> torch.Tensor:
         """``|A| v`` (plus ``|b|`` with ``bias``): A's matrix taken entrywise in absolute value, on v's
         device and dtype."""
-        out = self.linear_map(v, self.weight.detach().to(v).abs())
+        out = self._abs_linear_map(v)
         if bias and self.bias is not None:
             out = out + self.bias.detach().to(v).abs().view(1, -1, *[1] * (out.dim() - 2))
         return out
+
+    def _abs_linear_map(self, v: torch.Tensor) -> torch.Tensor:
+        """``|A| v`` without bias: each entry of A's matrix is one weight entry (or zero)."""
+        return self.linear_map(v, self.weight.detach().to(v).abs())
 
     def materialisable(self) -> bool:
         """Whether the operator is small enough for the near-exact bound (``bounds.EXACT_MAX_*``)."""
@@ -297,11 +301,8 @@ class LipschitzConv2d(LipschitzLinear):
     def linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return self._conv(x, self.kernel(self.weight if weight is None else weight))
 
-    def abs_map(self, v: torch.Tensor, bias: bool = False) -> torch.Tensor:
-        out = self._conv(v, self.kernel_magnitude(self.weight.detach().to(v)))
-        if bias and self.bias is not None:
-            out = out + self.bias.detach().to(v).abs().view(1, -1, 1, 1)
-        return out
+    def _abs_linear_map(self, v: torch.Tensor) -> torch.Tensor:
+        return self._conv(v, self.kernel_magnitude(self.weight.detach().to(v)))
 
     def adjoint_map(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.kernel(self.weight if weight is None else weight)
