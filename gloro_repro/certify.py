@@ -29,7 +29,7 @@ import torch
 
 from gloro_repro.exported import ExportedModel, ExportError
 from gloro_repro.gloro.model import BOUNDS
-from gloro_repro.hardware import Hardware, HardwareError
+from gloro_repro.hardware import Hardware, HardwareError, use_threads
 from gloro_repro.io import atomic_open
 
 
@@ -168,7 +168,9 @@ def main(argv=None) -> int:
         max_value = args.max_value if args.max_value is not None or x.dtype != np.uint8 else model.info.get("max_value")
         x = scaled_inputs(x, model.input_shape, max_value, f"--input {args.input}: {args.x_key}")
         y = checked_labels(y, len(x), model.num_classes, f"--input {args.input}: {args.y_key}")
-        device = Hardware.from_env().device()
+        hardware = Hardware.from_env()
+        use_threads(hardware)
+        device = hardware.device()
     except (InputError, ExportError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -113,7 +113,7 @@ def _certify_test_set(model: ExportedModel, x, y, attack, seed, batch_size) -> d
     thm2_pairs, thm2_violations = pair_violations(x, half.prediction, half.certified, eps)
     radii = torch.linspace(0, 2 * eps, 41, device=x.device)
     metrics = {
-        "n_test": len(x), "eps": eps, "device": describe(x.device),
+        "n_test": len(x), "eps": eps, "device": describe(x.device), "torch_threads": torch.get_num_threads(),
         "clean": float(correct.float().mean()),
         "pgd": float((correct & ~fooled).float().mean()),
         "pgd_plain50": float((correct & ~plain).float().mean()),

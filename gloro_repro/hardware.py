@@ -9,14 +9,19 @@ view) and one checkout runs unchanged on a laptop, one GPU or a node of eight.
     GLORO_STRATEGY     auto (default: ddp when several devices) | ddp
     GLORO_NUM_NODES    nodes for the training stages (default 1); see README for launching several
     GLORO_CUDA_GRAPHS  1 (default): on one CUDA device, replay each training step from a CUDA graph | 0: eager
+    GLORO_THREADS      torch threads per process: auto (default: the cores idle when a stage starts, shared
+                       among the job's processes on this machine) | a count (the same numbers on any machine)
 
 Only warm-up and training use several devices (Lightning DDP, global batch = ``batch_size``);
 every other stage runs in one process on the first device.
 """
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -44,13 +49,15 @@ def _count(environ: Mapping[str, str], name: str, default: str, allow_auto: bool
 @dataclass(frozen=True)
 class Hardware:
     """Where the stages run: ``accelerator`` (cpu | cuda), ``devices`` per node, ``strategy``, ``num_nodes``,
-    and whether one CUDA device replays training steps from CUDA graphs (``cuda_graphs``)."""
+    whether one CUDA device replays training steps from CUDA graphs (``cuda_graphs``), and torch's
+    ``threads`` per process (a count, or ``auto``: see ``torch_threads``)."""
 
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
     num_nodes: int = 1
     cuda_graphs: bool = True
+    threads: int | str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Hardware:
@@ -73,20 +80,64 @@ class Hardware:
         if graphs not in ("0", "1"):
             raise HardwareError(f"GLORO_CUDA_GRAPHS={graphs!r}: expected 1 (CUDA graphs on one CUDA device) or 0")
         return cls(accelerator, _count(environ, "GLORO_DEVICES", "1", allow_auto=True), strategy,
-                   _count(environ, "GLORO_NUM_NODES", "1", allow_auto=False), graphs == "1")
+                   _count(environ, "GLORO_NUM_NODES", "1", allow_auto=False), graphs == "1",
+                   _count(environ, "GLORO_THREADS", "auto", allow_auto=True))
 
     def one_device(self) -> Hardware:
         """The same accelerator with a single device and node (single-process work, e.g. a search trial)."""
-        return Hardware(self.accelerator, cuda_graphs=self.cuda_graphs)
+        return Hardware(self.accelerator, cuda_graphs=self.cuda_graphs, threads=self.threads)
 
     def device(self) -> torch.device:
         """The device of single-process stages: the current CUDA device, or the CPU."""
         return torch.device("cuda", torch.cuda.current_device()) if self.accelerator == "cuda" else torch.device("cpu")
 
+    def processes_per_node(self) -> int:
+        """How many of this job's processes share a machine: the devices per node (``auto``: the GPUs)."""
+        if self.devices == "auto":
+            return max(1, torch.cuda.device_count()) if self.accelerator == "cuda" else 1
+        return self.devices
+
     def trainer_kwargs(self) -> dict:
         """Lightning ``Trainer`` arguments."""
         return {"accelerator": self.accelerator, "devices": self.devices, "strategy": self.strategy,
                 "num_nodes": self.num_nodes}
+
+
+def busy_cores(seconds: float = 0.1, stat: Path = Path("/proc/stat")) -> float:
+    """How many cores other work keeps busy, from the kernel's CPU counters over ``seconds``
+    (0 where there are none to read, e.g. off Linux)."""
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+    first = sample()
+    time.sleep(seconds)
+    second = sample()
+    if first is None or second is None or second[0] <= first[0]:
+        return 0.0
+    busy = 1 - (second[1] - first[1]) / (second[0] - first[0])
+    return busy * (os.cpu_count() or 1)
+
+
+def torch_threads(hardware: Hardware, environ: Mapping[str, str] = os.environ) -> int:
+    """``hardware.threads`` as a count: given, or (``auto``) the cores this process may use that no
+    other work keeps busy, divided among the job's processes on this machine; at least 1."""
+    if hardware.threads != "auto":
+        return hardware.threads
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = int(environ.get("LOCAL_WORLD_SIZE", hardware.processes_per_node()))
+    return max(1, math.floor(usable - busy_cores() + 0.5) // processes)
+
+
+def use_threads(hardware: Hardware, environ=os.environ) -> int:
+    """Set torch's threads from ``hardware.threads`` (``GLORO_THREADS``); an ``auto`` count is written back
+    to the environment, so the processes this one starts (DDP ranks) use the same count. Returns it."""
+    threads = torch_threads(hardware, environ)
+    environ["GLORO_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def is_first_process(environ: Mapping[str, str] = os.environ) -> bool:

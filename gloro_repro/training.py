@@ -165,5 +165,6 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
             "mem_mb_per_instance": costs.mem_mb_per_instance,
             "validation_split": data.split, "train_size": len(data.tensors["train"][0]),
             "device": describe(trainer.strategy.root_device), "processes": trainer.world_size,
+            "torch_threads": torch.get_num_threads(),
             "per_device_batch": per_device_batch(experiment.training.batch_size, trainer.world_size),
             "float32": precision(experiment)}

@@ -114,3 +114,13 @@ def tiny_params(epochs: int = 3) -> dict:
     return params | {"run": ["tiny"], "datasets": ["digits"],
                      "wandb": {"mode": "offline", "project": "test", "entity": None},
                      "experiments": params["experiments"] | {"tiny": experiment}}
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads(monkeypatch):
+    """Stages and search workers set torch's threads (and ``GLORO_THREADS``) for their process; every
+    test starts from the suite's own."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("GLORO_THREADS", os.environ.get("GLORO_THREADS", "auto"))
+    yield
+    torch.set_num_threads(threads)

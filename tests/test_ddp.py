@@ -44,7 +44,7 @@ def _project(folder: Path, **training) -> Path:
 def _env(processes: int, threads: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLORO_")}
     return with_project_path(env) | {"WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
-                  "GLORO_DEVICES": str(processes), "OMP_NUM_THREADS": str(threads)}
+                  "GLORO_DEVICES": str(processes), "GLORO_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
 
 
 def _run(folder: Path, processes: int, *command: str, threads: int = 1) -> subprocess.CompletedProcess:

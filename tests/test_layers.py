@@ -41,6 +41,23 @@ def test_converged_conv_norm_matches_svd(c_in, c_out, k, s, n):
     assert conv.lipschitz().item() == pytest.approx(exact_spectral_norm(conv), rel=1e-3)
 
 
+@pytest.mark.parametrize("c_in,c_out,k,s,n", CONVS)
+def test_converge_on_the_materialised_matrix_takes_the_maps_steps(c_in, c_out, k, s, n, monkeypatch):
+    """Small layers converge on their matrix: the same estimate as with the two maps, to rounding."""
+    from gloro_repro.gloro import layers
+
+    results = []
+    for entries in (layers.MATRIX_MAX_ENTRIES, 0):  # the matrix, then the maps
+        monkeypatch.setattr(layers, "MATRIX_MAX_ENTRIES", entries)
+        torch.manual_seed(1)
+        conv = LipschitzConv2d(c_in, c_out, k, s, (n, n))
+        assert (conv._matrix() is not None) == (entries > 0)
+        conv.power_iterate(3)  # a partly converged start, as after training steps
+        results.append((conv.converge(tol=1e-6), conv.lipschitz().item()))
+    (done, sigma), (done_maps, sigma_maps) = results
+    assert max(done, done_maps) < 100_000 and sigma == pytest.approx(sigma_maps, rel=1e-6)
+
+
 def test_paper_tolerance_can_stop_below_the_norm(report):
     """Power iteration creeps up from below: the paper's 1e-5 per-step tolerance is no error bound."""
     gaps = []

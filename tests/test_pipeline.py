@@ -30,6 +30,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("GLORO_THREADS", "1")
     return tmp_path
 
 
@@ -58,6 +59,8 @@ def test_every_stage_writes_its_outputs(workdir):
     assert tables.main([]) == 0
     metrics = json.loads((workdir / "results/metrics/tiny.json").read_text())
     assert set(CONTRACT) <= set(metrics)
+    lipschitz = json.loads((workdir / "models/tiny/best/lipschitz.json").read_text())
+    assert {record["torch_threads"] for record in (summary, cert, bounds, lipschitz)} == {1}  # GLORO_THREADS
     assert all(0 <= metrics[k] <= 1 for k in ("clean", "pgd", "vra", "vra_sound"))
     for name in ("D1a", "D1b", "D1c", "B1", "B2", "C1"):
         assert (workdir / f"results/table_{name}.csv").exists()

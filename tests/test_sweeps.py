@@ -21,16 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """A search worker sets torch's threads for its process; the rest of the suite keeps its own."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def digits_minmax():
     return load_params(PARAMS).experiment("digits_minmax")
 

@@ -35,6 +35,7 @@ from .bounds import (
 
 INITIALISERS = ("default", "orthogonal")
 CONVERGE_WINDOW = 32  # iterations between the estimates ``converge`` compares
+MATRIX_MAX_ENTRIES = 2 ** 21  # ``converge`` iterates on the materialised matrix up to this size (8 MiB in float32)
 DIGEST_BYTES = 32  # sha256
 # |fl(I + s W) - (I + s W)| <= KERNEL_ROUNDING (I + |s| |W|) entrywise, in float32 and in float64
 # (three roundings of at most 2^-24 relative each, s rounded included)
@@ -197,11 +198,28 @@ class LipschitzLinear(nn.Module):
             self.converged_for.copy_(self.weights_digest())
         return done
 
+    @torch.no_grad()
+    def _matrix(self) -> torch.Tensor | None:
+        """A's matrix (row i: A e_i) where it has at most ``MATRIX_MAX_ENTRIES`` entries, else None:
+        ``converge`` then iterates with two matrix-vector products, much cheaper than two batch-1 maps."""
+        n = self.u.numel()
+        if n * math.prod(self.output_shape) > MATRIX_MAX_ENTRIES:
+            return None
+        basis = torch.eye(n, dtype=self.u.dtype, device=self.u.device).reshape(n, *self.input_shape)
+        return self.linear_map(basis, self.weight.detach()).reshape(n, -1)
+
     def _iterate_to_convergence(self, tol: float, max_iter: int) -> tuple[int, bool]:
         sigmas, done = [self.lipschitz().item()], 0
+        matrix = self._matrix()
         while done < max_iter:
             step = min(CONVERGE_WINDOW, max_iter - done)
-            self.power_iterate(step)
+            if matrix is None:
+                self.power_iterate(step)
+            else:
+                u = self.u.reshape(1, -1)
+                for _ in range(step):
+                    u = _unit((u @ matrix) @ matrix.T)
+                self.u.copy_(u.reshape(self.u.shape))
             done += step
             sigmas.append(self.lipschitz().item())
             last = sigmas[-5:]

@@ -10,7 +10,7 @@ from typing import Callable
 
 from gloro_repro.config import ConfigError, Experiment, Params, load_params
 from gloro_repro.data.arrays import prepared_folder
-from gloro_repro.hardware import Hardware
+from gloro_repro.hardware import Hardware, use_threads
 from gloro_repro.io import MismatchError
 
 
@@ -24,12 +24,13 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
 
 def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=None) -> int:
     """Parse the command line, validate params, run ``body`` (its return value is the exit status;
-    None means 0); a bad params value or ``GLORO_*`` hardware variable exits 2 with its message."""
+    None means 0) with torch's threads set (``GLORO_THREADS``); a bad params value or ``GLORO_*``
+    hardware variable exits 2 with its message."""
     args = experiment_parser(doc).parse_args(argv)
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
-        Hardware.from_env()
+        use_threads(Hardware.from_env())
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

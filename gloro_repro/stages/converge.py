@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 import time
 
+import torch
+
 from gloro_repro.artifacts import SELECTIONS, export_converged, read_checkpoint
 from gloro_repro.gloro.precision import float32_precision
 from gloro_repro.hardware import Hardware, describe
@@ -33,7 +35,8 @@ def converge(params, experiment) -> None:
         with float32_precision("ieee"):
             iterations = net.to(device).converge(experiment.training.converge_tol)
         info |= {"selection": which, **prepared_labels(experiment), "converge_tol": experiment.training.converge_tol,
-                 "converge_device": describe(device), "converge_iterations": iterations,
+                 "converge_device": describe(device), "torch_threads": torch.get_num_threads(),
+                 "converge_iterations": iterations,
                  "converge_seconds": time.perf_counter() - start}
         net = net.cpu()
         summary = export_converged(net, experiment, info, f"models/{experiment.name}/{which}")

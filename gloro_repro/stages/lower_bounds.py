@@ -42,7 +42,8 @@ def lower_bounds(params, experiment) -> None:
     result = {"experiment": name, "lipschitz_global_lb": best_global.value, "lipschitz_local_lb": local.value,
               "lipschitz_global_ub": model.lipschitz_global_ub("power"), "eps": experiment.eps_test,
               "budget": vars(budget) | {"paper": "100 pairs x 7500 steps; 100 centres x 5000 steps"},
-              "global_seconds": mid - start, "local_seconds": time.perf_counter() - mid, "device": describe(device)}
+              "global_seconds": mid - start, "local_seconds": time.perf_counter() - mid, "device": describe(device),
+              "torch_threads": torch.get_num_threads()}
     write_json(f"results/lower_bounds/{name}.json", result)
     print(f"{name}: global lower bound {best_global.value:.4g}, mean local lower bound {local.value:.4g} "
           f"(upper bound {result['lipschitz_global_ub']:.4g})")
