@@ -44,9 +44,9 @@ def controlled(sleep: float):
 
 def worker(url: str, name: str, sleep: float, heartbeat: int, grace: int) -> dict:
     from gloro_repro.config import load_params
-    from sweeps.claims import open_storage
-    from sweeps.greedy import GreedySearch
-    from sweeps.steps import Budget
+    from gloro_repro.sweeps.claims import open_storage
+    from gloro_repro.sweeps.greedy import GreedySearch
+    from gloro_repro.sweeps.steps import Budget
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment = load_params(ROOT / "params.yaml").experiment("digits_minmax")
@@ -62,7 +62,7 @@ def worker_command(url: str, name: str, sleep: float, heartbeat: int = 1, grace:
 
 def search_trials(url: str, name: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     """Every trial of the search ``name``, with the name of its step's study."""
-    from sweeps.claims import open_storage
+    from gloro_repro.sweeps.claims import open_storage
 
     storage = open_storage(url, 1, 3)
     return [(study_name, trial) for study_name in optuna.get_all_study_names(storage)

@@ -142,7 +142,8 @@ def checked_output(path: Path) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="gloro-certify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="models/<experiment>, or a folder with model.pt2")
     parser.add_argument("--input", type=Path, required=True, help=".npz with x [N, C, H, W] (and optionally y)")
     parser.add_argument("--x-key", default="x", help="name of the inputs in the .npz (default: x)")

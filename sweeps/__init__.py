@@ -1,1 +1,4 @@
-"""Optuna replay of Appendix B's greedy hyperparameter search (``python -m sweeps.greedy``)."""
+"""Optuna replay of Appendix B's greedy hyperparameter search (``gloro-search``).
+
+The code lives in the repository's top-level ``sweeps/`` folder and installs as ``gloro_repro.sweeps``.
+"""

@@ -1,7 +1,7 @@
 """Replay Appendix B's greedy hyperparameter search with Optuna, training through the pipeline's code.
 
-    python -m sweeps.greedy --experiment digits_minmax --epoch-scale 0.05
-    python -m sweeps.greedy --experiment mnist_2c2f_minmax --storage postgresql://user@host/db   # many workers
+    gloro-search --experiment digits_minmax --epoch-scale 0.05
+    gloro-search --experiment mnist_2c2f_minmax --storage postgresql://user@host/db   # many workers
 
 Parameters are searched one at a time in the paper's order (eps schedule, lambda, # epochs, LR
 decay, warm-up, initialisation, # power iterations, minibatch size), each an Optuna study whose
@@ -9,7 +9,7 @@ trials train the experiment with one candidate changed and report VRA on the val
 the winner carries to the next step. Trials live in the storage (SQLite file by default), so an
 interrupted search resumes without redoing finished trials, and several workers started with the
 same storage share the trials: each candidate is claimed by one worker, and a dead worker's
-candidate goes back to the others (``sweeps.claims``). Workers on one machine share its cores.
+candidate goes back to the others (``gloro_repro.sweeps.claims``). Workers on one machine share its cores.
 Hopeless trials are pruned from per-epoch validation VRA. Writes
 ``results/search_<experiment>.{md,csv}``: every value tried with its VRA, the chosen value and
 the paper's.
@@ -32,8 +32,9 @@ from optuna.trial import TrialState
 from gloro_repro.config import ConfigError, Experiment, Params, load_params
 from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.hardware import Hardware
-from sweeps import claims
-from sweeps.steps import CANDIDATES, ORDER, Budget, apply, choose, key_of, resolve
+
+from . import claims
+from .steps import CANDIDATES, ORDER, Budget, apply, choose, key_of, resolve
 
 Objective = Callable[[Experiment, optuna.Trial, str], float]
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -161,7 +162,7 @@ class GreedySearch:
     def evaluate(self, study: optuna.Study, step: str, current: Experiment, value: str, result: StepResult,
                  wait: bool = True):
         """VRA of ``current`` with ``step = value``: from a finished trial if there is one, else claim
-        the candidate and train it here (``sweeps.claims``).
+        the candidate and train it here (``gloro_repro.sweeps.claims``).
 
         Returns None for a failed (crashed) trial, or ``_BUSY`` if another worker is running it
         and ``wait`` is false.
@@ -299,7 +300,8 @@ SEARCH_VAL_FRACTION = 0.1  # the split trials are scored on when the experiment 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="gloro-search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True,
                         help="experiment name from params.yaml (its settings start the search)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -354,7 +356,7 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from sweeps.report import write_report
+    from .report import write_report
 
     work_dir = Path("sweeps/work") / experiment.name  # also holds the default SQLite file's folder
     work_dir.mkdir(parents=True, exist_ok=True)

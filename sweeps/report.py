@@ -9,7 +9,8 @@ import pandas as pd
 from gloro_repro import paper
 from gloro_repro.config import Experiment
 from gloro_repro.tables import write_table
-from sweeps.steps import Budget, key_of
+
+from .steps import Budget, key_of
 
 
 def paper_value(experiment: Experiment, step: str) -> str:

@@ -214,3 +214,15 @@ def test_certify_and_lower_bounds_outputs_survive_a_failed_exp_run():
             for entry in stages[stage]["do"].get(group, []):
                 (path, options), = entry.items()
                 assert options.get("persist"), f"{stage}: {path} should be persist: true"
+
+
+@pytest.mark.parametrize("command,usage", [("gloro-certify", "usage: gloro-certify [-h] --model MODEL"),
+                                           ("gloro-search", "usage: gloro-search [-h] --experiment EXPERIMENT")])
+def test_console_scripts_are_installed(command, usage):
+    """``pip install -e .`` (requirements.txt) puts the certify CLI and the search on the PATH."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / command
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith(usage)

@@ -23,7 +23,7 @@ import yaml
 from conftest import PARAMS, ROOT, with_project_path
 
 from benchmarks.search_load import EXPECTED, controlled, search_trials, tally, worker_command
-from sweeps.claims import open_storage
+from gloro_repro.sweeps.claims import open_storage
 
 URL = os.environ.get("GLORO_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(not URL, reason="GLORO_TEST_POSTGRES is not set (. .ci/postgres.sh && pg_start)")
@@ -89,8 +89,8 @@ def test_a_killed_workers_candidate_is_retried_and_every_candidate_completes_onc
 
 def test_a_finished_search_resumes_without_running_anything(killed_search):
     from gloro_repro.config import load_params
-    from sweeps.greedy import GreedySearch
-    from sweeps.steps import Budget
+    from gloro_repro.sweeps.greedy import GreedySearch
+    from gloro_repro.sweeps.steps import Budget
 
     name, _, _ = killed_search
     calls = []
@@ -119,7 +119,8 @@ def test_two_workers_run_a_real_search_through_lightning(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     url = fresh_database()
     env = with_project_path(dict(os.environ)) | {"WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "sweeps.greedy", "--experiment", "digits_minmax", "--epoch-scale", "0.05",
+    command = [sys.executable, "-m", "gloro_repro.sweeps.greedy", "--experiment", "digits_minmax",
+               "--epoch-scale", "0.05",
                "--steps", "eps_schedule,init", "--storage", url, "--heartbeat", "1", "--grace", "5"]
     first = subprocess.run([sys.executable, "-m", "gloro_repro.stages.prepare", "digits"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)

@@ -12,10 +12,10 @@ import yaml
 from conftest import PARAMS
 
 from gloro_repro.config import load_params
-from sweeps import greedy
-from sweeps.claims import open_storage
-from sweeps.greedy import GreedySearch
-from sweeps.steps import ORDER, Budget, choose
+from gloro_repro.sweeps import greedy
+from gloro_repro.sweeps.claims import open_storage
+from gloro_repro.sweeps.greedy import GreedySearch
+from gloro_repro.sweeps.steps import ORDER, Budget, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,9 +117,9 @@ sys.path.insert(0, {root!r})
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 from gloro_repro.config import load_params
-from sweeps.claims import open_storage
-from sweeps.greedy import GreedySearch
-from sweeps.steps import Budget
+from gloro_repro.sweeps.claims import open_storage
+from gloro_repro.sweeps.greedy import GreedySearch
+from gloro_repro.sweeps.steps import Budget
 experiment = load_params({params!r}).experiment("digits_minmax")
 def objective(e, trial, label):
     time.sleep(0.2)
