@@ -7,7 +7,7 @@ view) and one checkout runs unchanged on a laptop, one GPU or a node of eight.
     GLORO_ACCELERATOR  auto (default: cuda when a CUDA GPU is visible, else cpu) | cpu | cuda
     GLORO_DEVICES      devices per node for the training stages: a count (default 1) or auto (every visible GPU)
     GLORO_STRATEGY     auto (default: ddp when several devices) | ddp
-    GLORO_NUM_NODES    nodes for the training stages (default 1); see README for launching several
+    GLORO_NUM_NODES    nodes for the training stages (default 1); see docs/hardware.md for launching several
     GLORO_CUDA_GRAPHS  1 (default): on one CUDA device, replay each training step from a CUDA graph | 0: eager
     GLORO_THREADS      torch threads per process: auto (default: the cores idle when a stage starts, shared
                        among the job's processes on this machine) | a count (the same numbers on any machine)

@@ -30,3 +30,21 @@ def test_theorem_failures_and_radius_curve():
                        radius=torch.tensor([0.5, 0.2, 0.0]))
     curve = radius_curve(cert, torch.tensor([0, 0, 1]), torch.tensor([0.0, 0.3, 0.6]))
     assert curve == pytest.approx([2 / 3, 1 / 3, 0.0])
+
+
+def test_an_attack_searching_another_network_is_judged_by_the_attacked_one():
+    """``attack_fools`` follows ``search``'s gradients, but only f's own labels count as fooled."""
+    from gloro_repro.evaluation import AttackSettings, attack_fools
+
+    torch.manual_seed(0)
+    x, labels = torch.rand(20, 1, 4, 4), torch.zeros(20, dtype=torch.long)
+    weak = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))  # easily pushed to class 1
+    with torch.no_grad():
+        weak[1].weight.copy_(torch.stack([torch.zeros(16), torch.ones(16)]))
+        weak[1].bias.copy_(torch.tensor([8.0, 0.0]))
+    constant = lambda z: torch.tensor([1.0, 0.0]).expand(len(z), 2) + 0 * z.flatten(1)[:, :2]  # always class 0
+    settings = AttackSettings(steps=20, restarts=1)
+    assert attack_fools(weak, x, labels, 2.0, settings, seed=0).sum() > 0
+    assert attack_fools(constant, x, labels, 2.0, settings, seed=0, search=weak).sum() == 0
+    assert attack_fools(weak, x, labels, 2.0, settings, seed=0, search=weak).equal(
+        attack_fools(weak, x, labels, 2.0, settings, seed=0))

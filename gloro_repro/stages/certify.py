@@ -17,23 +17,20 @@ import sys
 import torch
 import wandb
 
-from gloro_repro.artifacts import SELECTIONS, load_gloro
+from gloro_repro.artifacts import SELECTIONS
 from gloro_repro.data.arrays import DatasetArrays
 from gloro_repro.evaluation import AttackSettings, certify_test_set, theorem_failures
-from gloro_repro.exported import ExportedModel, ExportError, weights_digest
+from gloro_repro.exported import ExportedModel
 from gloro_repro.gloro.model import BOUNDS
 from gloro_repro.hardware import Hardware
 from gloro_repro.io import atomic_open, write_json
-from gloro_repro.stages.common import check_exported_eps, prepared_data, run_stage
+from gloro_repro.stages.common import check_exported_eps, own_network, prepared_data, run_stage
 from gloro_repro.tracking import start_run
 
 
-def export_mismatches(directory, exported: ExportedModel, x: torch.Tensor) -> int:
+def export_mismatches(net, exported: ExportedModel, x: torch.Tensor) -> int:
     """Inputs whose certified flag (under each bound) from the exported files differs from that of the
-    project's own GloroNet (``gloro.pt``), its bounds computed afresh; both run on x's device."""
-    _, net, _ = load_gloro(directory)
-    if weights_digest(net.f) != exported.info["weights_sha256"]:
-        raise ExportError(f"{directory}/gloro.pt holds other weights than those {directory}/lipschitz.json describes")
+    project's own GloroNet (``own_network``), its bounds computed afresh; both run on x's device."""
     ours = ExportedModel.of(net).to(x.device)
     return sum(int((exported.certify(x, bound=b).certified != ours.certify(x, bound=b).certified).sum())
                for b in BOUNDS)
@@ -54,14 +51,14 @@ def certify(params, experiment) -> int:
         if results and model.info["epoch"] == results["best"]["epoch"]:  # the same checkpoint
             results[which] = dict(results["best"])
             continue
-        model = model.to(device)
-        metrics = certify_test_set(model, x, y, attack, seed=experiment.training.seed)
+        model, net = model.to(device), own_network(directory, model)
+        metrics = certify_test_set(model, x, y, attack, seed=experiment.training.seed, search=net.f.to(device))
         metrics |= {"epoch": model.info["epoch"], "lipschitz_global_ub": model.lipschitz_global_ub("power"),
                     "lipschitz_global_ub_sound": model.lipschitz_global_ub("sound"),
                     "lipschitz_layer_product": model.info["layer_product"],
                     "layer_bounds": [{key: layer[key] for key in ("layer", "method", "sound_over_power")}
                                      for layer in model.info["layers"]],
-                    "export_mismatches": export_mismatches(directory, model, x)}
+                    "export_mismatches": export_mismatches(net, model, x)}
         results[which] = metrics
     curve = results["best"].pop("radius_curve")
     results["last"].pop("radius_curve")

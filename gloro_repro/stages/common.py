@@ -87,3 +87,16 @@ def check_exported_eps(eps: float, experiment: Experiment, folder) -> None:
     if eps != experiment.eps_test:
         raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {eps}, but "
                               f"experiments.{experiment.name}.eps_test is {experiment.eps_test}; run `dvc repro`")
+
+
+def own_network(folder, exported):
+    """The project's own GloroNet of a model folder (``gloro.pt``), checked to hold the weights the
+    exported ``lipschitz.json`` describes: the same function as ``model.pt2``, with the cheaper backward
+    pass of the project's layers (the attacks and lower bounds follow its gradients)."""
+    from gloro_repro.artifacts import load_gloro
+    from gloro_repro.exported import ExportError, weights_digest
+
+    _, net, _ = load_gloro(folder)
+    if weights_digest(net.f) != exported.info["weights_sha256"]:
+        raise ExportError(f"{folder}/gloro.pt holds other weights than those {folder}/lipschitz.json describes")
+    return net
