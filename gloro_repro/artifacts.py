@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gloro_repro.config import Experiment
-from gloro_repro.exported import ExportedModel
+from gloro_repro.exported import ExportedModel, ExportError, weights_digest
 from gloro_repro.gloro import GloroNet, build_network
 from gloro_repro.io import atomic_open
 
@@ -74,3 +74,13 @@ def load_gloro(directory: str | Path) -> tuple[Experiment, GloroNet, dict]:
     net = build_gloro(experiment, saved["input_shape"], saved["num_classes"])
     net.load_state_dict(state)
     return experiment, net.eval(), saved
+
+
+def own_network(folder, exported):
+    """The project's own GloroNet of a model folder (``gloro.pt``), checked to hold the weights the
+    exported ``lipschitz.json`` describes: the same function as ``model.pt2``, with the cheaper backward
+    pass of the project's layers (the attacks and lower bounds follow its gradients)."""
+    _, net, _ = load_gloro(folder)
+    if weights_digest(net.f) != exported.info["weights_sha256"]:
+        raise ExportError(f"{folder}/gloro.pt holds other weights than those {folder}/lipschitz.json describes")
+    return net

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gloro_repro.console import quiet_libraries
 from gloro_repro.exported import ExportedModel, ExportError
 from gloro_repro.gloro.model import BOUNDS
 from gloro_repro.hardware import Hardware, HardwareError, use_threads
@@ -35,15 +36,6 @@ from gloro_repro.io import atomic_open
 
 class InputError(ValueError):
     """A command-line input that breaks the contract in the module docstring."""
-
-
-def model_folder(path: Path) -> Path:
-    """``models/<experiment>`` means its validation-selected model, ``models/<experiment>/best``."""
-    if (path / "model.pt2").exists():
-        return path
-    if (path / "best" / "model.pt2").exists():
-        return path / "best"
-    raise InputError(f"--model {path}: no model.pt2 in it or in {path / 'best'}; run `dvc repro` first")
 
 
 def _positive_int(text: str) -> int:
@@ -162,9 +154,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    quiet_libraries()
     try:
         out = checked_output(args.out)
-        model = ExportedModel.load(model_folder(args.model))
+        if not ((args.model / "model.pt2").exists() or (args.model / "best" / "model.pt2").exists()):
+            raise InputError(f"--model {args.model}: no model.pt2 in it or in {args.model / 'best'}; "
+                             "run `dvc repro` first")
+        model = ExportedModel.load(args.model)  # models/<experiment> means its selected model, best/
         x, y = read_arrays(args.input, args.x_key, args.y_key)
         max_value = args.max_value if args.max_value is not None or x.dtype != np.uint8 else model.info.get("max_value")
         x = scaled_inputs(x, model.input_shape, max_value, f"--input {args.input}: {args.x_key}")
@@ -186,7 +182,13 @@ def main(argv=None) -> int:
             name = f"{_csv_field(classes[prediction[i]])}," if classes else ""
             row = f"{i},{prediction[i]},{name}{certified[i]},{radius[i]:.6g}"
             handle.write(row + (f",{int(y[i])}\n" if y is not None else "\n"))
-    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound, on {device}) -> {out}")
+    scores = ""
+    if y is not None:
+        correct = cert.prediction == torch.as_tensor(y, device=device)
+        scores = (f"; with the labels: clean accuracy {correct.float().mean():.4f}, "
+                  f"VRA {(cert.certified & correct).float().mean():.4f}")
+    print(f"{int(cert.certified.sum())}/{len(x)} certified at eps {eps} ({args.bound} bound, on {device}){scores} "
+          f"-> {out}")
     return 0
 
 

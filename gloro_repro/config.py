@@ -179,6 +179,18 @@ class Experiment:
             lam=LambdaSchedule.parse(t.lam if t.lam is not None else 0),
             lr=LRSchedule.parse(t.lr_decay, t.init_lr, t.epochs))
 
+    def ramp_notes(self) -> list[str]:
+        """A line for each schedule whose ramp outlasts the run (e.g. ``epochs`` edited alone), saying
+        where it ends and how to ramp over the run instead."""
+        t, schedule, notes = self.training, self.schedule(), []
+        for key, ramp, value in (("lam", schedule.lam, t.lam), ("eps_schedule", schedule.eps, t.eps_schedule)):
+            if ramp.ramp_epochs > t.epochs:
+                start, stop = str(value).split(",")[:2]
+                notes.append(f"experiments.{self.name}.training.{key} ramps over {ramp.ramp_epochs:g} epochs but the "
+                             f"run has {t.epochs}: it ends at {ramp(t.epochs - 1):.3g} instead of {float(stop):g}; "
+                             f"to ramp over the run, set {key}: {start},{stop},{t.epochs}")
+        return notes
+
     def _group_of(self, key: str) -> str | None:
         """The group holding the column ``key``, or None for a key of the experiment itself."""
         return next((g for g in GROUPS if key in {f.name for f in dataclasses.fields(getattr(self, g))}), None)

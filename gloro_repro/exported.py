@@ -90,12 +90,15 @@ class ExportedModel:
 
     @classmethod
     def load(cls, directory: str | Path) -> ExportedModel:
-        """Read a model folder, checking that ``model.pt2`` and ``lipschitz.json`` belong together.
+        """Read a model folder, checking that ``model.pt2`` and ``lipschitz.json`` belong together;
+        an experiment's folder (``models/<experiment>``) means its selected model, ``best/``.
 
         Raises ``ExportError``, naming the file, when either is missing or unreadable, or when the
         bounds were not computed for this ``model.pt2`` (a certificate from them would mean nothing).
         """
         directory = Path(directory)
+        if not (directory / "model.pt2").exists() and (directory / "best" / "model.pt2").exists():
+            directory = directory / "best"
         program, bounds = directory / "model.pt2", directory / "lipschitz.json"
         for path in (program, bounds):
             if not path.is_file():

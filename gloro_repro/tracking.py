@@ -26,16 +26,33 @@ def run_settings(cfg: WandbConfig, group: str, job_type: str, config: dict) -> d
 
 
 def lightning_logger(cfg: WandbConfig, experiment: Experiment, job_type: str, log_model: bool = False,
-                     group: str | None = None):
-    """A ``WandbLogger`` for a training stage; with ``log_model`` the checkpoints become an artifact."""
+                     group: str | None = None, run_id: str | None = None):
+    """A ``WandbLogger`` for a training stage; with ``log_model`` the checkpoints become an artifact.
+    ``run_id`` names the W&B run, so a resumed training continues the run it started."""
     from lightning.pytorch.loggers import WandbLogger
 
     settings = run_settings(cfg, group or experiment.name, job_type, experiment.as_dict())
-    return WandbLogger(save_dir=settings.pop("dir"), log_model=log_model, **settings)
+    if run_id is not None:
+        settings |= {"id": run_id, "resume": "allow"}
+    logger = WandbLogger(save_dir=settings.pop("dir"), log_model=log_model, **settings)
+    # Lightning 2.6 passes anonymous=None, which W&B 0.31 answers with a deprecation notice on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def new_run_id() -> str:
+    """A fresh W&B run id (8 lowercase hex digits)."""
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 def start_run(cfg: WandbConfig, group: str, job_type: str, config: dict):
     """A plain ``wandb`` run for the stages that do not train."""
     import wandb
 
-    return wandb.init(**run_settings(cfg, group, job_type, config))
+    from gloro_repro.console import announce_run
+
+    run = wandb.init(**run_settings(cfg, group, job_type, config))
+    announce_run(run)
+    return run

@@ -26,13 +26,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gloro_repro.config import Experiment, Params
+from gloro_repro.console import announce_run, quiet_libraries
 from gloro_repro.gloro.precision import float32_precision
 from gloro_repro.hardware import Hardware, describe, is_first_process
 from gloro_repro.io import file_digest, write_json
 from gloro_repro.lit.costs import TrainingCosts, training_costs
 from gloro_repro.lit.datamodule import ArraysDataModule, per_device_batch
 from gloro_repro.lit.module import GloroModule
-from gloro_repro.tracking import lightning_logger
+from gloro_repro.lit.progress import EpochProgressBar
+from gloro_repro.tracking import lightning_logger, new_run_id
 
 
 def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataModule:
@@ -45,8 +47,10 @@ def build_trainer(max_epochs: int, logger, hardware: Hardware, batch_size: int, 
                   **kwargs) -> L.Trainer:
     """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes
     buffers, ``TrainingCosts`` measured) on ``hardware``; refuses a ``batch_size`` its processes cannot share evenly."""
+    quiet_libraries()  # again: importing Lightning set its own log level
     trainer = L.Trainer(max_epochs=max_epochs, logger=logger, num_sanity_val_steps=0, inference_mode=False,
-                        log_every_n_steps=1, enable_model_summary=False, callbacks=[TrainingCosts(), *callbacks],
+                        log_every_n_steps=1, enable_model_summary=False,
+                        callbacks=[TrainingCosts(), EpochProgressBar(), *callbacks],
                         **hardware.trainer_kwargs(), **kwargs)
     per_device_batch(batch_size, trainer.world_size)
     return trainer
@@ -138,12 +142,18 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
-    logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group)
+    resumable = resume_or_set_aside(out_dir, dict(module.hparams), total, move=False)  # decides, moves nothing
+    # a resumed training continues its W&B run: the id travels in the checkpoints
+    module.wandb_run_id = (resumable and torch.load(last, map_location="cpu", weights_only=False).get(
+        "wandb_run_id")) or new_run_id()
+    logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group,
+                              run_id=module.wandb_run_id)
     no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
     # built (and the hardware checked) before a previous run is touched: a refusal moves nothing aside
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
                             callbacks=[best, latest, *callbacks], **no_validation)
     resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
+    announce_run(logger.experiment)
     if resume and is_first_process():
         print(f"resuming {experiment.name} from {last}")
     try:

@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from gloro_repro.config import ConfigError, Experiment, Params, load_params
+from gloro_repro.console import quiet_libraries
 from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.hardware import Hardware
 
@@ -53,6 +54,10 @@ class TrialCapReached(Exception):
     """The budget's trial cap is spent; the search stops where it is."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) during a trial, whose candidate went back to the queue."""
+
+
 class GreedySearch:
     """The greedy search over ``ORDER`` for one experiment; ``objective`` trains and returns VRA."""
 
@@ -65,6 +70,7 @@ class GreedySearch:
         self.poll_seconds = poll_seconds
         self.steps = [step for step in ORDER if step in steps]  # always in the paper's order
         self.trials_run = 0
+        self.say = print  # one line per candidate and per decision (tests pass a collector)
 
     def study(self, step: str) -> optuna.Study:
         # A rule that looks at the trial alone (not at which trials other workers happened to finish
@@ -87,6 +93,8 @@ class GreedySearch:
                 results.append(StepResult(step, note="not searched: trial cap reached"))
                 break
             results.append(result)
+            self.say(f"[{self.steps.index(step) + 1}/{len(self.steps)} {step}] chose {result.chosen}"
+                     f"{': ' + result.note if result.note else ''}")
             if result.chosen is not None:
                 current = apply(current, step, result.chosen)
         return results
@@ -104,6 +112,11 @@ class GreedySearch:
         result.chosen = choose(step, scored, self.tie) if scored else str(current.value(key_of(step)))
         if not scored:
             result.note = "every trial failed; kept the previous value"
+        elif len(scored) > 1 and max(vra for _, vra in scored) - min(vra for _, vra in scored) <= self.tie:
+            result.note = (f"every candidate scored within --tie {self.tie:g} of the others (VRA "
+                           f"{max(vra for _, vra in scored):.3f} at best), so the tie rule and candidate order "
+                           "decided; train longer (a larger --epoch-scale) for a choice the data make")
+            print(f"warning: step {step}: {result.note}", file=sys.stderr)
         return result
 
     def evaluate_all(self, study, step, current, candidates, result, stop_when_worse: bool = False,
@@ -200,6 +213,7 @@ class GreedySearch:
     def _run(self, study, step, current, value, label, trial: optuna.Trial, result: StepResult) -> float | None:
         self.trials_run += 1
         experiment = apply(current, step, value)
+        started = time.perf_counter()
         try:
             with claims.heartbeats(self.storage, study, trial):
                 vra = self.objective(experiment, trial, f"{step}={label}")
@@ -207,7 +221,7 @@ class GreedySearch:
             study.tell(trial, state=TrialState.PRUNED)
         except (KeyboardInterrupt, SystemExit):
             claims.give_back(self.storage, study, trial)  # the candidate goes back to the queue
-            raise
+            raise Interrupted(f"{step}={label}") from None
         except Exception as error:  # a crashing trial is recorded as failed; the search goes on
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             study.tell(trial, state=TrialState.FAIL)
@@ -215,7 +229,11 @@ class GreedySearch:
         else:
             study.tell(trial, vra)
         finished = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        return self._record(result, label, finished)
+        vra = self._record(result, label, finished)
+        self.say(f"[{self.steps.index(step) + 1}/{len(self.steps)} {step}] {label}: "
+                 f"{'-' if vra is None else f'{vra:.3f}'} validation VRA ({finished.state.name.lower()}, "
+                 f"{time.perf_counter() - started:.0f} s; trial {finished.number}, {self.trials_run} run here)")
+        return vra
 
     def _drop_duplicates(self, study, trials: list[optuna.trial.FrozenTrial], done: optuna.trial.FrozenTrial) -> None:
         """Fail the extra WAITING copies left when two workers enqueued one candidate at once."""
@@ -299,6 +317,24 @@ def prepare_data(experiment: Experiment, params: Params) -> Path:
 SEARCH_VAL_FRACTION = 0.1  # the split trials are scored on when the experiment itself has none
 
 
+def warn_if_edited(params_file: Path, name: str) -> None:
+    """Say so when the experiment the search starts from differs from the committed params.yaml
+    (e.g. left over from a ``dvc exp run -S``); silent outside git."""
+    import subprocess
+
+    import yaml
+
+    shown = subprocess.run(["git", "show", f"HEAD:./{params_file}"], capture_output=True, text=True,
+                           cwd=params_file.resolve().parent)
+    if shown.returncode != 0:
+        return
+    committed = (yaml.safe_load(shown.stdout) or {}).get("experiments", {}).get(name)
+    current = (yaml.safe_load(params_file.read_text()) or {}).get("experiments", {}).get(name)
+    if committed != current:
+        print(f"warning: {params_file}'s experiments.{name} differs from the committed one (git diff {params_file}); "
+              "the search starts from the edited values", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gloro-search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,6 +367,7 @@ def main(argv=None) -> int:
                         help="RDB storages: a trial whose heartbeat is older than this many seconds belongs to a dead "
                              f"worker and is given to another (default {claims.GRACE_SECONDS})")
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
@@ -374,8 +411,15 @@ def main(argv=None) -> int:
           f"{share_cores(threads)} {'(re-counted every trial)' if threads is None else 'per trial'}")
     search = GreedySearch(experiment, training_objective(params, data_dir, work_dir, group, threads), storage,
                           Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
+    warn_if_edited(args.params, experiment.name)
     started = time.perf_counter()
-    results = search.run()
+    try:
+        results = search.run()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        during = f" during {stop}: its candidate went back to the queue" if isinstance(stop, Interrupted) else ""
+        print(f"interrupted{during}; finished trials are kept in {url}: run the same command to resume",
+              file=sys.stderr)
+        return 130
     partial = set(steps) != set(ORDER) or args.max_trials is not None
     out = args.results or (work_dir if partial else Path("results"))
     write_report(experiment, results, out, Budget(args.epoch_scale, args.max_trials),

@@ -57,6 +57,23 @@ def test_certifies_good_inputs(models, inputs, tmp_path, capsys):
     assert code == 0 and len(out.read_text().splitlines()) == 61
 
 
+def test_the_summary_gives_clean_accuracy_and_vra_when_labels_are_given(models, inputs, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    code = certify.main([str(a) for a in ["--model", models[0], "--input", inputs, "--out", out]])
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    correct = [r[1] == r[-1] for r in rows]
+    vra = sum(c and r[-3] == "True" for c, r in zip(correct, rows)) / len(rows)
+    summary = capsys.readouterr().out
+    assert code == 0 and f"clean accuracy {sum(correct) / len(rows):.4f}, VRA {vra:.4f}" in summary
+
+
+def test_exported_model_load_takes_an_experiments_folder_as_its_selected_model(models, tmp_path):
+    from gloro_repro.exported import ExportedModel
+
+    shutil.copytree(models[0], tmp_path / "experiment" / "best")
+    assert ExportedModel.load(tmp_path / "experiment").info == ExportedModel.load(models[0]).info
+
+
 def test_bounds_of_another_model_are_refused_and_certify_nothing(models, inputs, tmp_path, capsys):
     swapped = tmp_path / "swapped"
     swapped.mkdir()

@@ -151,3 +151,14 @@ def test_config_and_core_imports_are_light(module, allowed):
             "sys.exit(bool(found))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_ramp_longer_than_the_run_is_pointed_out_with_the_fix():
+    """Editing ``epochs`` alone keeps the ramps' lengths: the train stage says where they end instead."""
+    experiment = load_params(PARAMS).experiment("digits_minmax")
+    assert experiment.ramp_notes() == []
+    short = experiment.with_values(epochs=3)
+    assert short.ramp_notes() == [
+        "experiments.digits_minmax.training.lam ramps over 60 epochs but the run has 3: it ends at 0.163 instead "
+        "of 2; to ramp over the run, set lam: 0.1,2.0,3"]
+    assert short.with_values(lam="0.1,2.0,3").ramp_notes() == []

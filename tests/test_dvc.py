@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_params
+from conftest import PARAMS, ROOT, tiny_params
 
 PACKAGES = ("gloro_repro", "sweeps", "benchmarks")
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -204,3 +204,18 @@ def test_a_killed_run_loses_no_epoch_to_an_edit_of_the_attack_budget(project, re
     report(f"kill -9 mid-training, then an attack-budget edit: {kept} of 30 epochs kept, "
            f"{saved:.2f} s of training not repeated")
     assert _changed_stages(project) == set()
+
+
+def test_dvc_exp_run_set_changes_only_the_values_in_params_yaml(tmp_path):
+    """params.yaml is in the layout DVC writes, so ``dvc exp run -S`` changes only the lines it sets."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    copy.write_text(PARAMS.read_text())
+    with modify_yaml(copy) as params:  # what `-S` does
+        params["experiments"]["digits_minmax"]["training"]["epochs"] = 100
+        params["experiments"]["digits_minmax"]["attack"]["steps"] = 50
+    before, after = PARAMS.read_text().splitlines(), copy.read_text().splitlines()
+    assert len(before) == len(after)
+    assert [(b.strip(), a.strip()) for b, a in zip(before, after) if a != b] == [
+        ("epochs: 60", "epochs: 100"), ("steps: 100", "steps: 50")]

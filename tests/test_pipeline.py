@@ -122,11 +122,16 @@ def test_killed_training_resumes_from_last_checkpoint(workdir):
     last = workdir / "models/tiny/train/last.ckpt"
     killed_at = train_and_kill(workdir, dict(os.environ))  # kill -9 mid-training
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
+    run_id = torch.load(last, weights_only=False)["wandb_run_id"]
     assert train.main(["tiny"]) == 0
     summary = json.loads((workdir / "results/training/tiny.json").read_text())
     assert summary["resumed"] and summary["epochs"] == 40
     assert len(summary["epoch_seconds"]) == 40, "epochs before the kill are kept, not retrained"
     assert checkpoint_epoch(last) == 39
+    # one W&B run: the resumed process logged to the run the killed one started
+    assert torch.load(last, weights_only=False)["wandb_run_id"] == run_id
+    runs = [p.name for p in (workdir / "wandb").glob("offline-run-*")]  # warm-up (0 epochs) logs none
+    assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs), runs
 
     # A device count the batch cannot be shared among is refused before the finished run is touched.
     with pytest.MonkeyPatch.context() as patch:

@@ -45,8 +45,8 @@ class TrainingCosts(L.Callback):
         if module.device.type == "cuda":
             per_device = module.experiment.training.batch_size / trainer.world_size
             self.mem_mb_per_instance = torch.cuda.max_memory_allocated(module.device) / per_device / MB
-        module.log("train/sec_per_epoch", self.epoch_seconds[-1])
-        module.log("train/mem_mb_per_instance", self.mem_mb_per_instance)
+        module.log("train/sec_per_epoch", self.epoch_seconds[-1], sync_dist=True)  # the mean over ranks
+        module.log("train/mem_mb_per_instance", self.mem_mb_per_instance, sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"epoch_seconds": self.epoch_seconds, "mem_mb_per_instance": self.mem_mb_per_instance}

@@ -50,6 +50,10 @@ class GloroModule(L.LightningModule):
         self.schedule = self.experiment.schedule()
         self._val_k = None
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in ("clean", "vra", "rejection")})
+        self.wandb_run_id: str | None = None  # saved in checkpoints, so a resumed training logs to its run
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["wandb_run_id"] = self.wandb_run_id
 
     def configure_optimizers(self):
         init_lr = self.experiment.training.init_lr
@@ -98,7 +102,8 @@ class GloroModule(L.LightningModule):
         settings = self.schedule.at(self.current_epoch)
         self.log_dict({"train/eps": settings.eps, "train/lambda": settings.lam,
                        "train/lr": self.optimizers().param_groups[0]["lr"],
-                       "train/robust": float(settings.robust and self.experiment.robust)})
+                       "train/robust": float(settings.robust and self.experiment.robust)},
+                      sync_dist=True)  # the same on every rank: averaging changes nothing, and DDP stays quiet
 
     def training_step(self, batch, batch_idx):
         x, y, total = batch
@@ -136,7 +141,7 @@ class GloroModule(L.LightningModule):
         self._converge_iterates()
         with float32_precision("ieee"):
             self._val_k = self.net.k_ij().detach()
-            self.log("val/lipschitz", self.net.layer_product())
+            self.log("val/lipschitz", self.net.layer_product(), sync_dist=True)  # equal on every rank
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch

@@ -17,14 +17,14 @@ import sys
 import torch
 import wandb
 
-from gloro_repro.artifacts import SELECTIONS
+from gloro_repro.artifacts import SELECTIONS, own_network
 from gloro_repro.data.arrays import DatasetArrays
 from gloro_repro.evaluation import AttackSettings, certify_test_set, theorem_failures
 from gloro_repro.exported import ExportedModel
 from gloro_repro.gloro.model import BOUNDS
 from gloro_repro.hardware import Hardware
 from gloro_repro.io import atomic_open, write_json
-from gloro_repro.stages.common import check_exported_eps, own_network, prepared_data, run_stage
+from gloro_repro.stages.common import check_exported_eps, prepared_data, run_stage
 from gloro_repro.tracking import start_run
 
 

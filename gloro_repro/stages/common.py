@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gloro_repro.config import ConfigError, Experiment, Params, load_params
+from gloro_repro.console import quiet_libraries
 from gloro_repro.data.arrays import prepared_folder
 from gloro_repro.hardware import Hardware, use_threads
 from gloro_repro.io import MismatchError
@@ -27,6 +28,7 @@ def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=N
     None means 0) with torch's threads set (``GLORO_THREADS``); a bad params value or ``GLORO_*``
     hardware variable exits 2 with its message."""
     args = experiment_parser(doc).parse_args(argv)
+    quiet_libraries()
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
@@ -88,15 +90,3 @@ def check_exported_eps(eps: float, experiment: Experiment, folder) -> None:
         raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {eps}, but "
                               f"experiments.{experiment.name}.eps_test is {experiment.eps_test}; run `dvc repro`")
 
-
-def own_network(folder, exported):
-    """The project's own GloroNet of a model folder (``gloro.pt``), checked to hold the weights the
-    exported ``lipschitz.json`` describes: the same function as ``model.pt2``, with the cheaper backward
-    pass of the project's layers (the attacks and lower bounds follow its gradients)."""
-    from gloro_repro.artifacts import load_gloro
-    from gloro_repro.exported import ExportError, weights_digest
-
-    _, net, _ = load_gloro(folder)
-    if weights_digest(net.f) != exported.info["weights_sha256"]:
-        raise ExportError(f"{folder}/gloro.pt holds other weights than those {folder}/lipschitz.json describes")
-    return net

@@ -16,12 +16,13 @@ import time
 
 import torch
 
+from gloro_repro.artifacts import own_network
 from gloro_repro.data.arrays import DatasetArrays
 from gloro_repro.exported import ExportedModel
 from gloro_repro.gloro import float32_precision, global_lower_bound, local_lower_bound
 from gloro_repro.hardware import Hardware, describe
 from gloro_repro.io import write_json
-from gloro_repro.stages.common import check_exported_eps, own_network, prepared_data, run_stage
+from gloro_repro.stages.common import check_exported_eps, prepared_data, run_stage
 
 
 def lower_bounds(params, experiment) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gloro_repro.config import ConfigError, load_params
+from gloro_repro.console import quiet_libraries
 from gloro_repro.tables import write_all
 from gloro_repro.tracking import start_run
 
@@ -21,6 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         params = load_params(args.params)
     except ConfigError as error:

@@ -20,6 +20,8 @@ def train(params, experiment) -> None:
     from gloro_repro.training import train as run
 
     name = experiment.name
+    for note in experiment.ramp_notes():
+        print(f"note: {note}", file=sys.stderr)
     summary = run(params, experiment, prepared_data(experiment), f"models/{name}/warmup.ckpt", f"models/{name}/train")
     if summary is None:  # a DDP rank other than 0: rank 0 writes the results
         return
