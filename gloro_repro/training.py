@@ -44,14 +44,15 @@ def datamodule_for(experiment: Experiment, data_dir: str | Path) -> ArraysDataMo
 
 
 def build_trainer(max_epochs: int, logger, hardware: Hardware, batch_size: int, callbacks: tuple = (),
-                  **kwargs) -> L.Trainer:
+                  progress: bool = True, **kwargs) -> L.Trainer:
     """The pipeline's Trainer settings (no sanity validation, no inference mode: power iteration writes
-    buffers, ``TrainingCosts`` measured) on ``hardware``; refuses a ``batch_size`` its processes cannot share evenly."""
+    buffers, ``TrainingCosts`` measured, a progress bar unless ``progress`` is false) on ``hardware``;
+    refuses a ``batch_size`` its processes cannot share evenly."""
     quiet_libraries()  # again: importing Lightning set its own log level
     trainer = L.Trainer(max_epochs=max_epochs, logger=logger, num_sanity_val_steps=0, inference_mode=False,
                         log_every_n_steps=1, enable_model_summary=False,
-                        callbacks=[TrainingCosts(), EpochProgressBar(), *callbacks],
-                        **hardware.trainer_kwargs(), **kwargs)
+                        callbacks=[TrainingCosts(), *([EpochProgressBar()] if progress else []), *callbacks],
+                        enable_progress_bar=progress, **hardware.trainer_kwargs(), **kwargs)
     per_device_batch(batch_size, trainer.world_size)
     return trainer
 
@@ -62,7 +63,7 @@ def precision(experiment: Experiment) -> str:
 
 
 def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path,
-            group: str | None = None, hardware: Hardware | None = None) -> Path:
+            group: str | None = None, hardware: Hardware | None = None, progress: bool = True) -> Path:
     """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically (rank 0)."""
     warmup = experiment.training.warmup
     hardware = hardware or Hardware.from_env()
@@ -71,7 +72,8 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     module = GloroModule(experiment.trained_settings(), *data.describe(), cuda_graphs=hardware.cuda_graphs)
     logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
     trainer = build_trainer(warmup, logger, hardware if warmup else hardware.one_device(),
-                            experiment.training.batch_size, limit_val_batches=0, enable_checkpointing=False)
+                            experiment.training.batch_size, progress=progress, limit_val_batches=0,
+                            enable_checkpointing=False)
     with float32_precision(precision(experiment)):
         trainer.fit(module, data)
     if logger:
@@ -124,11 +126,12 @@ def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int, move: b
 
 def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path, out_dir: str | Path,
           callbacks: tuple = (), group: str | None = None, job_type: str = "train",
-          hardware: Hardware | None = None) -> dict | None:
+          hardware: Hardware | None = None, progress: bool = True) -> dict | None:
     """Robust (or Standard) training from the warm-up checkpoint ``start``; returns a summary (rank 0).
 
     ``callbacks`` are added to the Trainer's (e.g. Optuna's pruning callback); ``group`` and
-    ``job_type`` name the W&B run; ``hardware`` defaults to the ``GLORO_*`` variables.
+    ``job_type`` name the W&B run; ``hardware`` defaults to the ``GLORO_*`` variables; ``progress``
+    false hides the progress bar (a search prints a line per trial instead).
     """
     hardware = hardware or Hardware.from_env()
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
@@ -151,7 +154,7 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
     # built (and the hardware checked) before a previous run is touched: a refusal moves nothing aside
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
-                            callbacks=[best, latest, *callbacks], **no_validation)
+                            callbacks=[best, latest, *callbacks], progress=progress, **no_validation)
     resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
     announce_run(logger.experiment)
     if resume and is_first_process():

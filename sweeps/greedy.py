@@ -54,8 +54,8 @@ class TrialCapReached(Exception):
     """The budget's trial cap is spent; the search stops where it is."""
 
 
-class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) during a trial, whose candidate went back to the queue."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a trial, whose candidate went back to the queue (named by the message)."""
 
 
 class GreedySearch:
@@ -292,10 +292,11 @@ def training_objective(params: Params, data_dir: Path, work_dir: Path, group: st
     def objective(experiment: Experiment, trial: optuna.Trial, label: str) -> float:
         trial.set_user_attr("torch_threads", share_cores(threads))
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-            start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group, hardware=hardware)
+            start = warm_up(params, experiment, data_dir, Path(tmp) / "warmup.ckpt", group=group, hardware=hardware,
+                            progress=False)
             pruning = PyTorchLightningPruningCallback(trial, monitor="val/vra")
             summary = train(params, experiment, data_dir, start, Path(tmp) / "train", callbacks=(pruning,),
-                            group=group, job_type=label, hardware=hardware)
+                            group=group, job_type=label, hardware=hardware, progress=False)
         return summary["best_val"]
 
     return objective
@@ -368,6 +369,7 @@ def main(argv=None) -> int:
                              f"worker and is given to another (default {claims.GRACE_SECONDS})")
     args = parser.parse_args(argv)
     quiet_libraries()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker prints its own line per trial and step
     try:
         params = load_params(args.params)
         experiment = params.experiment(args.experiment)
@@ -415,7 +417,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         results = search.run()
-    except (Interrupted, KeyboardInterrupt) as stop:
+    except KeyboardInterrupt as stop:
         during = f" during {stop}: its candidate went back to the queue" if isinstance(stop, Interrupted) else ""
         print(f"interrupted{during}; finished trials are kept in {url}: run the same command to resume",
               file=sys.stderr)

@@ -133,7 +133,7 @@ def test_two_workers_share_one_storage(tmp_path):
     url = f"journal:{tmp_path / 'search.log'}"
     script = WORKER.format(root=str(ROOT), params=str(PARAMS), url=url)
     workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [w.communicate(timeout=300)[0].strip() for w in workers]
+    outputs = [w.communicate(timeout=300)[0].strip().splitlines()[-1] for w in workers]  # after the trial lines
     assert all(w.returncode == 0 for w in workers)
     chosen = [eval(o.rsplit("] ", 1)[0] + "]") for o in outputs]
     runs = [int(o.rsplit("] ", 1)[1]) for o in outputs]
@@ -220,3 +220,18 @@ def test_bad_threads_and_heartbeats_are_refused(capsys):
     assert "--threads: got 'many', expected an integer >= 1 or 'auto'" in capsys.readouterr().err
     assert greedy.main(["--experiment", "digits_minmax", "--heartbeat", "60", "--grace", "10"]) == 2
     assert "expected 0 < heartbeat < grace" in capsys.readouterr().err
+
+
+def test_each_candidate_and_decision_is_one_line_and_an_all_tied_step_is_flagged(capsys):
+    lines = []
+    flat = lambda e, trial, label: 0.0  # a tiny --epoch-scale: every trial scores 0
+    search = GreedySearch(digits_minmax(), flat, optuna.storages.InMemoryStorage(), Budget(0.01),
+                          steps=("eps_schedule", "init"))
+    search.say = lines.append
+    results = search.run()
+    tried = sorted(line.split("] ")[1].split(":")[0] for line in lines[:3])  # workers start at different ones
+    assert tried == ["0.0,0.3,1", "log", "single"] and all(": 0.000 validation VRA (complete" in line
+                                                         for line in lines[:3])
+    assert lines[3] == "[1/2 eps_schedule] chose single: " + results[0].note
+    assert all("within --tie 0.01" in r.note for r in results)  # decided by the tie rule, and said so
+    assert capsys.readouterr().err.count("warning: step") == 2
