@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -156,7 +157,15 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
                             callbacks=[best, latest, *callbacks], progress=progress, **no_validation)
     resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
-    announce_run(logger.experiment)
+    try:
+        announce_run(logger.experiment)
+    except Exception as error:  # W&B refused the run (e.g. still held by a killed process's W&B service)
+        print(f"note: W&B did not take run {module.wandb_run_id} ({str(error).splitlines()[0]}); "
+              "logging to a new run", file=sys.stderr)
+        module.wandb_run_id = new_run_id()
+        trainer.logger = logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group,
+                                                   run_id=module.wandb_run_id)
+        announce_run(logger.experiment)
     if resume and is_first_process():
         print(f"resuming {experiment.name} from {last}")
     try:

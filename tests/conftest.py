@@ -87,6 +87,7 @@ def train_and_kill(folder: Path, env: dict, experiment: str = "tiny") -> int:
     ``last.ckpt`` holds an epoch, and return that epoch."""
     log = folder / "train_and_kill.log"
     with open(log, "w") as handle:
+        env = {k: v for k, v in env.items() if k != "WANDB_SERVICE"}  # its own W&B service, as a separate command
         process = subprocess.Popen([sys.executable, "-m", "gloro_repro.stages.train", experiment], cwd=folder,
                                    env=with_project_path(env), stdout=handle, stderr=subprocess.STDOUT,
                                    start_new_session=True)
