@@ -52,6 +52,9 @@ def certify(params, experiment) -> int:
             results[which] = dict(results["best"])
             continue
         model, net = model.to(device), own_network(directory, model)
+        print(f"{name}/{which} (epoch {model.info['epoch']}): certifying {len(x)} test points with both bounds, "
+              f"then attacking them ({attack.steps} steps x {attack.restarts} restarts x {len(attack.objectives)} "
+              "objectives, and plain PGD-50) and checking the theorems ...", flush=True)
         metrics = certify_test_set(model, x, y, attack, seed=experiment.training.seed, search=net.f.to(device))
         metrics |= {"epoch": model.info["epoch"], "lipschitz_global_ub": model.lipschitz_global_ub("power"),
                     "lipschitz_global_ub_sound": model.lipschitz_global_ub("sound"),

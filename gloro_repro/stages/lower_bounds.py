@@ -36,8 +36,12 @@ def lower_bounds(params, experiment) -> None:
     generator = torch.Generator(device=device).manual_seed(experiment.training.seed)
     with float32_precision("ieee"):
         start = time.perf_counter()
+        print(f"{name}: global lower bound, {budget.global_pairs} pairs x {budget.global_steps} Adam steps ...",
+              flush=True)
         best_global = global_lower_bound(f, pool, budget.global_pairs, budget.global_steps, budget.lr, generator)
         mid = time.perf_counter()
+        print(f"{name}: {best_global.value:.4g} in {mid - start:.1f} s; local lower bound, {budget.local_centres} "
+              f"centres x {budget.local_steps} steps ...", flush=True)
         local = local_lower_bound(f, pool, experiment.eps_test, budget.local_centres, budget.local_steps, budget.lr,
                                   generator)
     result = {"experiment": name, "lipschitz_global_lb": best_global.value, "lipschitz_local_lb": local.value,
