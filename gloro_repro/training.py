@@ -97,23 +97,25 @@ def _differences(saved, current, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
 
 
-def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int, move: bool = True) -> bool:
-    """Whether to resume the run in ``out_dir``: an unfinished run of the same trained settings from
-    the same start. Any other run there is moved aside (with the reason), never deleted; with
-    ``move`` False (DDP ranks but 0) it is only left for rank 0 to move."""
+def previous_run(out_dir: Path, hparams: dict, total_epochs: int) -> tuple[dict | None, list[str]]:
+    """The run in ``out_dir`` (its ``last.ckpt``, or None) and why it cannot be resumed; no reason means
+    resume it: an unfinished run of the same trained settings from the same start. An empty or missing
+    folder gives ``(None, [])``: nothing to resume, nothing to set aside."""
     last = out_dir / "last.ckpt"
     if not out_dir.exists() or not any(out_dir.iterdir()):
-        return False
+        return None, []
     try:
         saved = torch.load(last, map_location="cpu", weights_only=False)
     except Exception as error:  # missing, or cut short by a kill
-        saved, reason = None, [f"{last} is unreadable ({error})"]
-    if saved is not None:
-        reason = _differences(dict(saved.get("hyper_parameters", {})), dict(hparams))
-        if not reason and saved.get("epoch", total_epochs) + 1 >= total_epochs:
-            reason = [f"it finished all {total_epochs} epochs"]
-    if not reason or not move:
-        return not reason
+        return None, [f"{last} is unreadable ({error})"]
+    reason = _differences(dict(saved.get("hyper_parameters", {})), dict(hparams))
+    if not reason and saved.get("epoch", total_epochs) + 1 >= total_epochs:
+        reason = [f"it finished all {total_epochs} epochs"]
+    return saved, reason
+
+
+def set_aside(out_dir: Path, saved: dict | None, reason: list[str]) -> None:
+    """Move a run that cannot be resumed to ``set_aside/<time>-epoch<k>/`` with a ``why.json``; never delete it."""
     epochs_done = saved.get("epoch", -1) + 1 if saved is not None else 0
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = out_dir.parent / "set_aside" / f"{stamp}-epoch{epochs_done}"
@@ -122,7 +124,6 @@ def resume_or_set_aside(out_dir: Path, hparams: dict, total_epochs: int, move: b
     write_json(aside / "why.json", {"moved_from": str(out_dir), "epochs_done": epochs_done, "reason": reason})
     print(f"not resuming {out_dir} ({epochs_done} epoch(s) done): {'; '.join(reason)}.\n"
           f"  Kept it, unchanged, in {aside}; delete that folder when you no longer need it.")
-    return False
 
 
 def train(params: Params, experiment: Experiment, data_dir: str | Path, start: str | Path, out_dir: str | Path,
@@ -146,17 +147,18 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     best = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=experiment.selection_metric, mode="max",
                            enable_version_counter=False)
     latest = ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False)  # every epoch
-    resumable = resume_or_set_aside(out_dir, dict(module.hparams), total, move=False)  # decides, moves nothing
+    saved, reason = previous_run(out_dir, dict(module.hparams), total)
+    resume = saved is not None and not reason
     # a resumed training continues its W&B run: the id travels in the checkpoints
-    module.wandb_run_id = (resumable and torch.load(last, map_location="cpu", weights_only=False).get(
-        "wandb_run_id")) or new_run_id()
+    module.wandb_run_id = (resume and saved.get("wandb_run_id")) or new_run_id()
     logger = lightning_logger(params.wandb, experiment, job_type, log_model=True, group=group,
                               run_id=module.wandb_run_id)
     no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
     # built (and the hardware checked) before a previous run is touched: a refusal moves nothing aside
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
                             callbacks=[best, latest, *callbacks], progress=progress, **no_validation)
-    resume = resume_or_set_aside(out_dir, dict(module.hparams), total, move=is_first_process())
+    if reason and is_first_process():  # other DDP ranks leave the move to rank 0
+        set_aside(out_dir, saved, reason)
     try:
         announce_run(logger.experiment)
     except Exception as error:  # W&B refused the run (e.g. still held by a killed process's W&B service)

@@ -89,4 +89,3 @@ def check_exported_eps(eps: float, experiment: Experiment, folder) -> None:
     if eps != experiment.eps_test:
         raise StaleInputError(f"{folder}/lipschitz.json was exported at eps {eps}, but "
                               f"experiments.{experiment.name}.eps_test is {experiment.eps_test}; run `dvc repro`")
-
