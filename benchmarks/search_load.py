@@ -42,7 +42,7 @@ def controlled(sleep: float):
     return objective
 
 
-def worker(url: str, name: str, sleep: float, heartbeat: int, grace: int) -> dict:
+def worker(url: str, name: str, sleep: float, heartbeat: int, grace: int, outage: float) -> dict:
     from gloro_repro.config import load_params
     from gloro_repro.sweeps.claims import open_storage
     from gloro_repro.sweeps.greedy import GreedySearch
@@ -50,14 +50,15 @@ def worker(url: str, name: str, sleep: float, heartbeat: int, grace: int) -> dic
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     experiment = load_params(ROOT / "params.yaml").experiment("digits_minmax")
-    search = GreedySearch(experiment, controlled(sleep), open_storage(url, heartbeat, grace), Budget(0.01),
+    search = GreedySearch(experiment, controlled(sleep), open_storage(url, heartbeat, grace, outage), Budget(0.01),
                           tie=0.001, name=name, poll_seconds=0.05)
     return {"chosen": [r.chosen for r in search.run()], "trials_run": search.trials_run}
 
 
-def worker_command(url: str, name: str, sleep: float, heartbeat: int = 1, grace: int = 3) -> list[str]:
+def worker_command(url: str, name: str, sleep: float, heartbeat: int = 1, grace: int = 3,
+                   outage: float = 60) -> list[str]:
     return [sys.executable, "-m", "benchmarks.search_load", "--worker", "--storage", url, "--name", name,
-            "--sleep", str(sleep), "--heartbeat", str(heartbeat), "--grace", str(grace)]
+            "--sleep", str(sleep), "--heartbeat", str(heartbeat), "--grace", str(grace), "--outage", str(outage)]
 
 
 def search_trials(url: str, name: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
@@ -107,9 +108,10 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="load", help="with --worker: the search's study-name prefix")
     parser.add_argument("--heartbeat", type=int, default=1)
     parser.add_argument("--grace", type=int, default=3)
+    parser.add_argument("--outage", type=float, default=60, help="seconds a worker waits for a lost database")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.storage, args.name, args.sleep, args.heartbeat, args.grace)))
+        print(json.dumps(worker(args.storage, args.name, args.sleep, args.heartbeat, args.grace, args.outage)))
         return 0
     import pandas as pd
 

@@ -12,12 +12,14 @@ moved to ``<run folder>/../set_aside/<time>-epoch<k>/`` with a ``why.json``.
 The hardware comes from ``gloro_repro.hardware`` (``GLORO_*`` variables): on several devices, Lightning
 DDP runs one process per device, each with ``batch_size / processes`` of every global batch.
 Only rank 0 moves runs aside, writes checkpoints and logs; ``train`` returns the summary there and
-None on the other ranks. Training runs in the experiment's float32 precision (``training.tf32``).
+None on the other ranks. SIGTERM or SIGUSR1 (a scheduler's preemption) stops training at the end of
+the step in progress with ``last.ckpt`` saved there, and raises ``Preempted``; the resumed run
+continues from that step with the same data order (``gloro_repro.lit.preemption``).
+Training runs in the experiment's float32 precision (``training.tf32``).
 """
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +36,7 @@ from gloro_repro.io import file_digest, write_json
 from gloro_repro.lit.costs import TrainingCosts, training_costs
 from gloro_repro.lit.datamodule import ArraysDataModule, per_device_batch
 from gloro_repro.lit.module import GloroModule
+from gloro_repro.lit.preemption import CheckpointOnPreemption, fit, save_atomically
 from gloro_repro.lit.progress import EpochProgressBar
 from gloro_repro.tracking import lightning_logger, new_run_id
 
@@ -73,20 +76,15 @@ def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkp
     module = GloroModule(experiment.trained_settings(), *data.describe(), cuda_graphs=hardware.cuda_graphs)
     logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
     trainer = build_trainer(warmup, logger, hardware if warmup else hardware.one_device(),
-                            experiment.training.batch_size, progress=progress, limit_val_batches=0,
-                            enable_checkpointing=False)
-    with float32_precision(precision(experiment)):
-        trainer.fit(module, data)
-    if logger:
-        logger.experiment.finish()
-    checkpoint = Path(checkpoint)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    partial = checkpoint.with_name(f".{checkpoint.name}.partial")
-    trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
-    if trainer.is_global_zero:
-        os.replace(partial, checkpoint)
-    trainer.strategy.barrier("warm-up checkpoint in place")  # no rank reads it before it is there
-    return checkpoint
+                            experiment.training.batch_size, callbacks=(CheckpointOnPreemption(None),),
+                            progress=progress, limit_val_batches=0, enable_checkpointing=False)
+    try:
+        with float32_precision(precision(experiment)):
+            fit(trainer, module, data)
+    finally:
+        if logger:
+            logger.experiment.finish()
+    return save_atomically(trainer, checkpoint)
 
 
 def _differences(saved, current, prefix: str = "") -> list[str]:
@@ -156,7 +154,8 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
     no_validation = {} if experiment.selection_metric else {"limit_val_batches": 0}
     # built (and the hardware checked) before a previous run is touched: a refusal moves nothing aside
     trainer = build_trainer(total, logger, hardware, experiment.training.batch_size,
-                            callbacks=[best, latest, *callbacks], progress=progress, **no_validation)
+                            callbacks=[best, latest, CheckpointOnPreemption(last), *callbacks], progress=progress,
+                            default_root_dir=out_dir, **no_validation)
     if reason and is_first_process():  # other DDP ranks leave the move to rank 0
         set_aside(out_dir, saved, reason)
     try:
@@ -172,7 +171,7 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
         print(f"resuming {experiment.name} from {last}")
     try:
         with float32_precision(precision(experiment)):
-            trainer.fit(module, data, ckpt_path=last if resume else start)
+            fit(trainer, module, data, ckpt_path=last if resume else start)
     finally:
         logger.experiment.finish()
     if not trainer.is_global_zero:

@@ -12,11 +12,15 @@ trains once, and a dead worker's candidate goes back to the others. Public Optun
   ``RetryHeartbeatStaleTrialCallback`` enqueues it again for the others.
 * A journal file (``journal:<file>``) has no heartbeats in Optuna; it serves workers on one
   machine, where a dead worker is recognised by its process id.
+* A database restart, failover or dropped connection is ridden out (``PatientRDBStorage``): a call
+  that fails because the connection was lost is retried with backoff for up to ``outage`` seconds;
+  a longer outage ends the worker with ``StorageUnavailable``, its trial left to the heartbeat check.
 """
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -28,31 +32,142 @@ from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 60
+OUTAGE_SECONDS = 300  # how long a worker waits for its database to come back before it gives up
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 # Heartbeats, fail_stale_trials and the retry callback have been in Optuna since 2.8/2.9 and are
 # still flagged experimental; the search relies on them on purpose.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS):
-    """An Optuna storage from a URL: ``postgresql://...`` or ``sqlite:///file.db`` (with heartbeats),
-    or ``journal:file.log``."""
+def open_storage(url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
+                 outage: float = OUTAGE_SECONDS):
+    """An Optuna storage from a URL: ``postgresql://...`` or ``sqlite:///file.db`` (with heartbeats,
+    riding out database outages up to ``outage`` seconds), or ``journal:file.log``."""
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if not 0 < heartbeat < grace:
         raise ValueError(f"heartbeat {heartbeat} s and grace {grace} s: expected 0 < heartbeat < grace")
+    if not outage > 0:
+        raise ValueError(f"outage {outage} s: expected a number of seconds > 0")
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+            return PatientRDBStorage(url, outage, heartbeat_interval=heartbeat, grace_period=grace,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
         except (IntegrityError, ProgrammingError):  # workers starting together race to create the tables
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+class StorageUnavailable(Exception):
+    """The database stayed unreachable for longer than the worker's ``outage`` bound."""
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether a storage call failed because the database connection was lost or refused (a restart,
+    a failover, a network drop), rather than for what the call asked."""
+    from sqlalchemy import exc
+
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError)) or (
+        isinstance(cause, exc.DBAPIError) and cause.connection_invalidated)
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage that waits out a lost database: a call failing with a lost connection is
+    retried with backoff (0.5 s doubling to the heartbeat interval, so a live worker beats again
+    within one interval of the database's return) for up to ``outage`` seconds, then raises
+    ``StorageUnavailable``. Connections are checked before use (``pool_pre_ping``), so those a
+    restart cut are replaced. One line on stderr says when the database went away and came back."""
+
+    def __init__(self, url: str, outage: float = OUTAGE_SECONDS, **kwargs):
+        self.outage, self.recovered_at = outage, None  # monotonic time the last outage ended
+        self._down_since: float | None = None
+        self._announce = threading.Lock()
+        super().__init__(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+
+    def patiently(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)``, retried while the connection is lost, up to ``outage`` seconds."""
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except Exception as error:
+                if not connection_lost(error):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self.outage
+                reason = f"{type(error.__cause__ or error).__name__}: {str(error.__cause__ or error).splitlines()[0]}"
+                self._went_down(reason)
+                if now >= deadline:
+                    raise StorageUnavailable(f"the database was unreachable for {self.outage:g} s "
+                                             f"(--storage-outage; last error {reason})") from None
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, self.heartbeat_interval or 10.0)
+                continue
+            if deadline is not None:
+                self._came_back()
+            return result
+
+    def _went_down(self, reason: str) -> None:
+        with self._announce:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                print(f"storage: lost the database ({reason}); retrying for up to {self.outage:g} s",
+                      file=sys.stderr, flush=True)
+
+    def _came_back(self) -> None:
+        with self._announce:
+            if self._down_since is not None:
+                print(f"storage: the database is back after {time.monotonic() - self._down_since:.0f} s",
+                      file=sys.stderr, flush=True)
+                self._down_since, self.recovered_at = None, time.monotonic()
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        lost = []  # an attempt whose connection dropped may have committed before it did
+
+        def attempt():
+            try:
+                return super(PatientRDBStorage, self).set_trial_state_values(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if any(lost) and self.get_trial(trial_id).state == state:
+                    return True  # our own earlier attempt landed: the trial is recorded once
+                raise
+            except Exception as error:
+                lost.append(connection_lost(error))
+                raise
+
+        return self.patiently(attempt)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's heartbeat check, which finds none while the database is, or was just, away: the
+        workers that lost it too get one grace period to record a heartbeat again."""
+        stale = self.patiently(super()._get_stale_trial_ids, study_id)
+        just_back = self.recovered_at is not None and time.monotonic() - self.recovered_at < self.grace_period
+        return [] if just_back or self._down_since is not None else stale
+
+
+def _patient(method):
+    def call(self, *args, **kwargs):
+        return self.patiently(method, self, *args, **kwargs)
+
+    call.__name__, call.__doc__ = method.__name__, method.__doc__
+    return call
+
+
+# Every call that opens its own session, including the private ones Optuna's _CachedStorage makes.
+for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+              "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+              "create_new_trial", "set_trial_param", "get_trial_param", "set_trial_intermediate_value",
+              "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+              "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+              "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param"):
+    setattr(PatientRDBStorage, _name, _patient(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def has_heartbeats(storage) -> bool:
@@ -97,7 +212,10 @@ def heartbeats(storage, study: optuna.Study, trial: optuna.Trial):
 
     def beat():
         while not stop.wait(storage.get_heartbeat_interval()):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except StorageUnavailable:
+                pass  # the main thread meets the outage too, and ends the worker
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -105,7 +223,7 @@ def heartbeats(storage, study: optuna.Study, trial: optuna.Trial):
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=storage.get_heartbeat_interval())  # not for a heartbeat stuck retrying
 
 
 def give_back(storage, study: optuna.Study, trial: optuna.Trial) -> None:

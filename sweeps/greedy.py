@@ -33,6 +33,7 @@ from gloro_repro.config import ConfigError, Experiment, Params, load_params
 from gloro_repro.console import quiet_libraries
 from gloro_repro.gloro.losses import LOSSES
 from gloro_repro.hardware import Hardware
+from gloro_repro.preemption import PREEMPTED, Preempted, stop_at_once
 
 from . import claims
 from .steps import CANDIDATES, ORDER, Budget, apply, choose, key_of, resolve
@@ -219,9 +220,13 @@ class GreedySearch:
                 vra = self.objective(experiment, trial, f"{step}={label}")
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, Preempted) as stop:
             claims.give_back(self.storage, study, trial)  # the candidate goes back to the queue
+            if isinstance(stop, Preempted):
+                raise Preempted(f"{stop} during {step}={label}") from None
             raise Interrupted(f"{step}={label}") from None
+        except claims.StorageUnavailable:
+            raise  # the database, not the trial: the heartbeat check gives it back once the database returns
         except Exception as error:  # a crashing trial is recorded as failed; the search goes on
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             study.tell(trial, state=TrialState.FAIL)
@@ -367,6 +372,10 @@ def main(argv=None) -> int:
     parser.add_argument("--grace", type=int, default=claims.GRACE_SECONDS,
                         help="RDB storages: a trial whose heartbeat is older than this many seconds belongs to a dead "
                              f"worker and is given to another (default {claims.GRACE_SECONDS})")
+    parser.add_argument("--storage-outage", type=float, default=claims.OUTAGE_SECONDS,
+                        help="RDB storages: how long to wait for a lost database (a restart, a failover) before this "
+                             f"worker gives up, in seconds (default {claims.OUTAGE_SECONDS}); it then exits "
+                             f"{PREEMPTED}, and its trial goes to the other workers once the database is back")
     args = parser.parse_args(argv)
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker prints its own line per trial and step
@@ -386,6 +395,8 @@ def main(argv=None) -> int:
             raise ConfigError(f"--threads: got {args.threads!r}, expected an integer >= 1 or 'auto'")
         if not 0 < args.heartbeat < args.grace:
             raise ConfigError(f"--heartbeat {args.heartbeat} and --grace {args.grace}: expected 0 < heartbeat < grace")
+        if not args.storage_outage > 0:
+            raise ConfigError(f"--storage-outage: got {args.storage_outage}, expected a number of seconds > 0")
         if not args.epoch_scale > 0:
             raise ConfigError(f"--epoch-scale: got {args.epoch_scale}, expected a number > 0")
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
@@ -401,7 +412,7 @@ def main(argv=None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     url = args.storage or f"sqlite:///sweeps/{experiment.name}.db"
     try:
-        storage = claims.open_storage(url, args.heartbeat, args.grace)
+        storage = claims.open_storage(url, args.heartbeat, args.grace, args.storage_outage)
     except Exception as error:  # SQLAlchemy and the drivers raise many kinds for a bad URL or a down server
         print(f"error: --storage {url}: cannot open it ({type(error).__name__}: {str(error).splitlines()[0]})",
               file=sys.stderr)
@@ -415,13 +426,22 @@ def main(argv=None) -> int:
                           Budget(args.epoch_scale, args.max_trials), args.tie, steps=steps)
     warn_if_edited(args.params, experiment.name)
     started = time.perf_counter()
+    resume = f"finished trials are kept in {url}: run the same command to resume"
     try:
-        results = search.run()
+        with stop_at_once():
+            results = search.run()
     except KeyboardInterrupt as stop:
         during = f" during {stop}: its candidate went back to the queue" if isinstance(stop, Interrupted) else ""
-        print(f"interrupted{during}; finished trials are kept in {url}: run the same command to resume",
-              file=sys.stderr)
+        print(f"interrupted{during}; {resume}", file=sys.stderr)
         return 130
+    except Preempted as stop:
+        given = ": its candidate went back to the queue" if " during " in str(stop) else ""
+        print(f"preempted ({stop}){given}; {resume}", file=sys.stderr)
+        return PREEMPTED
+    except claims.StorageUnavailable as error:
+        print(f"error: --storage {url}: {error}. This worker stops; the trial it ran goes to the other workers "
+              f"once the database is back (heartbeat grace {args.grace} s); {resume}", file=sys.stderr)
+        return PREEMPTED
     partial = set(steps) != set(ORDER) or args.max_trials is not None
     out = args.results or (work_dir if partial else Path("results"))
     write_report(experiment, results, out, Budget(args.epoch_scale, args.max_trials),

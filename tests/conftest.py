@@ -117,6 +117,51 @@ def tiny_params(epochs: int = 3) -> dict:
                      "experiments": params["experiments"] | {"tiny": experiment}}
 
 
+def tiny_project(folder: Path, **training) -> Path:
+    """A project folder with experiment ``tiny`` (digits, no augmentation) prepared for training.
+
+    The validation fraction 0.11 leaves 1,199 training images: the last batch of every epoch is
+    odd, so its two shares differ in size; the 148 validation images split 74/74 in one batch.
+    """
+    folder.mkdir()
+    params = tiny_params()
+    tiny = params["experiments"]["tiny"]
+    tiny["data"] = tiny["data"] | {"val_fraction": 0.11}
+    tiny["training"] = tiny["training"] | training
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    from gloro_repro.stages import dataset, prepare
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def cpu_env(processes: int, threads: int = 1) -> dict:
+    """The environment of a stage on ``processes`` CPU processes of ``threads`` threads, W&B off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLORO_")}
+    return with_project_path(env) | {"WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
+                  "GLORO_DEVICES": str(processes), "GLORO_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+
+
+def run_ok(folder: Path, processes: int, *command: str,
+           threads: int = 1) -> subprocess.CompletedProcess:
+    """Run ``python *command`` in ``folder`` on ``processes`` CPU processes; assert it exits 0."""
+    result = subprocess.run([sys.executable, *command], cwd=folder, env=cpu_env(processes, threads),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The network's float tensors in a checkpoint (weights and iterates)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}  # not digests
+
+
 @pytest.fixture(autouse=True)
 def keep_torch_threads(monkeypatch):
     """Stages and search workers set torch's threads (and ``GLORO_THREADS``) for their process; every

@@ -3,60 +3,18 @@ on every rank, validation over the whole split, and resume after kill -9; the ha
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import checkpoint_epoch, tiny_params, train_and_kill, with_project_path
+from conftest import checkpoint_epoch, cpu_env, net_state, run_ok, tiny_project, train_and_kill
 
 from gloro_repro.hardware import Hardware, HardwareError, is_first_process
-from gloro_repro.stages import dataset, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "ddp_train.py"
-
-
-def _project(folder: Path, **training) -> Path:
-    """A project folder with experiment ``tiny`` (digits, no augmentation) prepared for training.
-
-    The validation fraction 0.11 leaves 1,199 training images: the last batch of every epoch is
-    odd, so its two shares differ in size; the 148 validation images split 74/74 in one batch.
-    """
-    folder.mkdir()
-    params = tiny_params()
-    tiny = params["experiments"]["tiny"]
-    tiny["data"] = tiny["data"] | {"val_fraction": 0.11}
-    tiny["training"] = tiny["training"] | training
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert prepare.main(["digits"]) == 0 and dataset.main(["tiny"]) == 0
-    finally:
-        os.chdir(cwd)
-    return folder
-
-
-def _env(processes: int, threads: int = 1) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLORO_")}
-    return with_project_path(env) | {"WANDB_MODE": "disabled", "GLORO_ACCELERATOR": "cpu",
-                  "GLORO_DEVICES": str(processes), "GLORO_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-
-
-def _run(folder: Path, processes: int, *command: str, threads: int = 1) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *command], cwd=folder, env=_env(processes, threads), capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def _net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}  # not digests
 
 
 def _largest_difference(a: dict, b: dict, iterates: bool = False) -> float:
@@ -67,11 +25,11 @@ def test_two_processes_train_as_one(tmp_path, report):
     """Same global batch (256 = 2 x 128): one warm-up epoch (5 steps of cross-entropy, the last one
     split 88/87) and two robust epochs (10 more steps, power iteration in every one) match one
     process to rounding; the spread a second CPU thread alone causes is reported beside it."""
-    runs = {n: _project(tmp_path / f"p{n}", warmup=1, epochs=2, lam="0.1,2.0,2") for n in ("1", "2", "1x2")}
+    runs = {n: tiny_project(tmp_path / f"p{n}", warmup=1, epochs=2, lam="0.1,2.0,2") for n in ("1", "2", "1x2")}
     for n, folder in runs.items():
-        _run(folder, int(n[0]), str(DRIVER), threads=2 if n == "1x2" else 1)
-    warm = {n: _net_state(runs[n] / "models/tiny/warmup.ckpt") for n in runs}
-    last = {n: _net_state(runs[n] / "models/tiny/train/last.ckpt") for n in runs}
+        run_ok(folder, int(n[0]), str(DRIVER), threads=2 if n == "1x2" else 1)
+    warm = {n: net_state(runs[n] / "models/tiny/warmup.ckpt") for n in runs}
+    last = {n: net_state(runs[n] / "models/tiny/train/last.ckpt") for n in runs}
     scale = max(v.abs().max().item() for k, v in last["1"].items() if not k.endswith(".u"))
     warm_diff = _largest_difference(warm["1"], warm["2"])
     assert warm_diff <= 1e-6 * scale, f"after the warm-up, DDP weights differ from one process's by {warm_diff:.3g}"
@@ -93,11 +51,11 @@ def test_two_processes_train_as_one(tmp_path, report):
 
 
 def test_ddp_training_resumes_after_kill_9(tmp_path):
-    folder = _project(tmp_path / "p", epochs=40, lam="0.1,2.0,40")
-    _run(folder, 2, "-m", "gloro_repro.stages.warmup", "tiny")
-    killed_at = train_and_kill(folder, _env(2))  # kill -9 every rank
+    folder = tiny_project(tmp_path / "p", epochs=40, lam="0.1,2.0,40")
+    run_ok(folder, 2, "-m", "gloro_repro.stages.warmup", "tiny")
+    killed_at = train_and_kill(folder, cpu_env(2))  # kill -9 every rank
     assert 1 <= killed_at < 39, f"the kill should land mid-training, got epoch {killed_at}"
-    result = _run(folder, 2, "-m", "gloro_repro.stages.train", "tiny")
+    result = run_ok(folder, 2, "-m", "gloro_repro.stages.train", "tiny")
     assert "resuming tiny" in result.stdout
     summary = json.loads((folder / "results/training/tiny.json").read_text())
     assert summary["resumed"] and summary["processes"] == 2 and len(summary["epoch_seconds"]) == 40
@@ -106,9 +64,9 @@ def test_ddp_training_resumes_after_kill_9(tmp_path):
 
 
 def test_a_batch_the_processes_cannot_share_is_refused(tmp_path):
-    folder = _project(tmp_path / "p", batch_size=255)
-    _run(folder, 1, "-m", "gloro_repro.stages.warmup", "tiny")
-    result = subprocess.run([sys.executable, "-m", "gloro_repro.stages.train", "tiny"], cwd=folder, env=_env(2),
+    folder = tiny_project(tmp_path / "p", batch_size=255)
+    run_ok(folder, 1, "-m", "gloro_repro.stages.warmup", "tiny")
+    result = subprocess.run([sys.executable, "-m", "gloro_repro.stages.train", "tiny"], cwd=folder, env=cpu_env(2),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "error: batch_size 255 does not divide among 2 processes" in result.stderr
@@ -137,21 +95,21 @@ def test_two_nodes_train_as_one_process(tmp_path, report):
     the variables torchrun sets on each node) train as one process does."""
     import socket
 
-    runs = {n: _project(tmp_path / n, warmup=1, epochs=2, lam="0.1,2.0,2") for n in ("one", "nodes")}
-    _run(runs["one"], 1, str(DRIVER))
+    runs = {n: tiny_project(tmp_path / n, warmup=1, epochs=2, lam="0.1,2.0,2") for n in ("one", "nodes")}
+    run_ok(runs["one"], 1, str(DRIVER))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     launches = [subprocess.Popen([sys.executable, str(DRIVER)], cwd=runs["nodes"], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True,
-                                 env=_env(1) | {"GLORO_NUM_NODES": "2", "MASTER_ADDR": "127.0.0.1",
+                                 env=cpu_env(1) | {"GLORO_NUM_NODES": "2", "MASTER_ADDR": "127.0.0.1",
                                                 "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(node),
                                                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": str(node),
                                                 "NODE_RANK": str(node), "TORCHELASTIC_RUN_ID": "two-nodes"})
                 for node in (0, 1)]
     outputs = [launch.communicate(timeout=300)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    one, nodes = (_net_state(runs[n] / "models/tiny/train/last.ckpt") for n in ("one", "nodes"))
+    one, nodes = (net_state(runs[n] / "models/tiny/train/last.ckpt") for n in ("one", "nodes"))
     scale = max(v.abs().max().item() for k, v in one.items() if not k.endswith(".u"))
     diff = _largest_difference(one, nodes)
     assert diff <= 1e-5 * scale, f"two nodes' weights differ from one process's by {diff:.3g}"

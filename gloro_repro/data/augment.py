@@ -50,13 +50,25 @@ class Augment(torch.nn.Module):
             raise ValueError(f"unknown augmentation {kind!r}; expected one of {sorted(AUGMENTATIONS)}")
         self.kind, self.spec, self.seed = kind, AUGMENTATIONS[kind], seed
         self._generator: torch.Generator | None = None
+        self._resume: torch.Tensor | None = None
 
     def generator(self, device) -> torch.Generator | None:
         if self.seed is None:
             return None
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._resume is not None:
+                self._generator.set_state(self._resume)
+                self._resume = None
         return self._generator
+
+    def state(self) -> torch.Tensor | None:
+        """The random stream's position (None before the first draw), for a checkpoint."""
+        return None if self._generator is None else self._generator.get_state()
+
+    def resume(self, state: torch.Tensor | None) -> None:
+        """Go on from ``state()``'s position at the next draw."""
+        self._generator, self._resume = None, state
 
     def sample(self, n: int, height: int, width: int, device="cpu") -> dict[str, torch.Tensor]:
         """Per-sample parameters: angles in degrees, shifts in pixels, zooms, flips, brightness."""

@@ -4,6 +4,10 @@ The uint8 arrays are moved once to each training device; each batch is taken by 
 per-item Dataset), scaled to [0, 1] and augmented on the device. Shuffling is seeded per epoch
 (seed + epoch), so a resumed run sees the same order as an uninterrupted one.
 
+The training batches are resumable mid-epoch (Lightning saves their ``state_dict`` in checkpoints):
+a run stopped after step k of an epoch goes on with batch k + 1 of the same order, and the
+augmentation's random stream goes on where it was (the datamodule's ``state_dict``).
+
 Under DDP every rank walks the same permutation in global batches of ``batch_size`` and takes its
 own contiguous slice of each (``Tensor.tensor_split``), so the ranks together see exactly the
 batches one process would; augmentation parameters are drawn for the global batch and sliced the
@@ -29,13 +33,23 @@ class TensorBatches:
     """Iterates this rank's share of ``(x, y, offset, total)`` batches of in-memory tensors, by index,
     optionally shuffled by epoch: ``offset`` is where the share starts in its global batch of ``total``.
 
-    ``epoch`` is asked at the start of every pass (Lightning builds the loader only once).
+    ``epoch`` is asked at the start of every pass (Lightning builds the loader only once); ``done``
+    says how many batches of the current pass were trained, which is where a checkpoint resumes
+    (not how many were handed out: Lightning fetches one ahead).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1):
+                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
+                 done: Callable[[], int] = lambda: 0):
         self.x, self.y, self.batch_size, self.shuffle, self.seed, self.epoch = x, y, batch_size, shuffle, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.done = rank, world_size, done
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch(), "batches": self.done()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -46,7 +60,9 @@ class TensorBatches:
             order = torch.randperm(len(self.x), generator=g).to(self.x.device)
         else:
             order = torch.arange(len(self.x), device=self.x.device)
-        for start in range(0, len(order), self.batch_size):
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume and resume["epoch"] == self.epoch() else 0
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             total = len(batch)
             share = batch.tensor_split(self.world_size)[self.rank]  # sizes differ by at most one
@@ -123,15 +139,23 @@ class ArraysDataModule(L.LightningDataModule):
         return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else {}
 
     def train_dataloader(self) -> TensorBatches:
+        trainer = self.trainer
         return TensorBatches(*self.tensors["train"], self.batch_size, shuffle=True, seed=self.seed,
-                             epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
-                             **self._shards())
+                             epoch=lambda: trainer.current_epoch if trainer is not None else 0,
+                             done=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                             if trainer is not None else 0, **self._shards())
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.tensors["val"], self.eval_batch_size, shuffle=False, **self._shards())
 
     def test_dataloader(self) -> TensorBatches:
         return TensorBatches(*self.tensors["test"], self.eval_batch_size, shuffle=False, **self._shards())
+
+    def state_dict(self) -> dict:
+        return {"augment": self.augment.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augment.resume(state.get("augment"))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``(x, y, offset, total)`` -> ``(x, y, total)``: x scaled to [0, 1] and, in training, augmented."""

@@ -13,6 +13,7 @@ from gloro_repro.console import quiet_libraries
 from gloro_repro.data.arrays import prepared_folder
 from gloro_repro.hardware import Hardware, use_threads
 from gloro_repro.io import MismatchError
+from gloro_repro.preemption import PREEMPTED, Preempted
 
 
 def experiment_parser(doc: str) -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
 def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=None) -> int:
     """Parse the command line, validate params, run ``body`` (its return value is the exit status;
     None means 0) with torch's threads set (``GLORO_THREADS``); a bad params value or ``GLORO_*``
-    hardware variable exits 2 with its message."""
+    hardware variable exits 2 with its message, a preempted training ``PREEMPTED`` (75) with what it kept."""
     args = experiment_parser(doc).parse_args(argv)
     quiet_libraries()
     try:
@@ -44,6 +45,9 @@ def run_stage(doc: str, body: Callable[[Params, Experiment], int | None], argv=N
     except MismatchError as error:  # stale data, a mismatched export: say which files
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Preempted as stop:  # SIGTERM or SIGUSR1 from a scheduler
+        print(f"preempted by {stop}", file=sys.stderr)
+        return PREEMPTED
 
 
 class StaleInputError(MismatchError):
