@@ -50,6 +50,7 @@ def test_two_processes_train_as_one(tmp_path, report):
            f"epoch {[round(m['val/vra'], 4) for m in metrics['2']]} under both")
 
 
+@pytest.mark.slow  # 30 s; tests/test_preemption.py resumes DDP training mid-epoch in the timed suite
 def test_ddp_training_resumes_after_kill_9(tmp_path):
     folder = tiny_project(tmp_path / "p", epochs=40, lam="0.1,2.0,40")
     run_ok(folder, 2, "-m", "gloro_repro.stages.warmup", "tiny")
@@ -63,13 +64,17 @@ def test_ddp_training_resumes_after_kill_9(tmp_path):
     assert not (folder / "models/tiny/set_aside").exists()
 
 
-def test_a_batch_the_processes_cannot_share_is_refused(tmp_path):
+def test_a_batch_the_processes_cannot_share_is_refused(tmp_path, monkeypatch, capsys):
+    from gloro_repro.stages import train, warmup
+
     folder = tiny_project(tmp_path / "p", batch_size=255)
-    run_ok(folder, 1, "-m", "gloro_repro.stages.warmup", "tiny")
-    result = subprocess.run([sys.executable, "-m", "gloro_repro.stages.train", "tiny"], cwd=folder, env=cpu_env(2),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    assert "error: batch_size 255 does not divide among 2 processes" in result.stderr
+    monkeypatch.chdir(folder)
+    for name, value in cpu_env(1).items():
+        monkeypatch.setenv(name, value)
+    assert warmup.main(["tiny"]) == 0
+    monkeypatch.setenv("GLORO_DEVICES", "2")  # refused before any process is launched
+    assert train.main(["tiny"]) == 2
+    assert "error: batch_size 255 does not divide among 2 processes" in capsys.readouterr().err
 
 
 def test_hardware_variables_are_validated():
