@@ -69,12 +69,20 @@ class StorageUnavailable(Exception):
 
 def connection_lost(error: BaseException) -> bool:
     """Whether a storage call failed because the database connection was lost or refused (a restart,
-    a failover, a network drop), rather than for what the call asked."""
+    a failover, a network drop), rather than for what the call asked: SQLAlchemy saw a disconnect,
+    or the driver's error has no SQLSTATE (no server answered) or a connection one (class 08, or
+    57P: the administrator or a crash shut the server down). A serialization failure or deadlock is
+    not one."""
     from sqlalchemy import exc
 
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-    return isinstance(cause, (exc.OperationalError, exc.InterfaceError)) or (
-        isinstance(cause, exc.DBAPIError) and cause.connection_invalidated)
+    if not isinstance(cause, exc.DBAPIError):
+        return False
+    if cause.connection_invalidated:
+        return True
+    state = getattr(cause.orig, "sqlstate", None) or getattr(cause.orig, "pgcode", None)
+    return isinstance(cause, (exc.OperationalError, exc.InterfaceError)) and (
+        state is None or state.startswith(("08", "57P")))
 
 
 class PatientRDBStorage(optuna.storages.RDBStorage):
@@ -98,6 +106,8 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
                 result = call(*args, **kwargs)
             except Exception as error:
                 if not connection_lost(error):
+                    if deadline is not None:
+                        self._came_back()  # the database answered, if not as asked
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self.outage

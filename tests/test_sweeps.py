@@ -12,7 +12,7 @@ import yaml
 from conftest import PARAMS
 
 from gloro_repro.config import load_params
-from gloro_repro.sweeps import greedy
+from gloro_repro.sweeps import claims, greedy
 from gloro_repro.sweeps.claims import open_storage
 from gloro_repro.sweeps.greedy import GreedySearch
 from gloro_repro.sweeps.steps import ORDER, Budget, choose
@@ -235,3 +235,24 @@ def test_each_candidate_and_decision_is_one_line_and_an_all_tied_step_is_flagged
     assert lines[3] == "[1/2 eps_schedule] chose single: " + results[0].note
     assert all("within --tie 0.01" in r.note for r in results)  # decided by the tie rule, and said so
     assert capsys.readouterr().err.count("warning: step") == 2
+
+
+def test_only_a_lost_connection_is_waited_out():
+    """A restart, a refused connection or a dropped one is retried; a serialization failure or a
+    deadlock (both OperationalErrors to SQLAlchemy) and bad data are not."""
+    import psycopg
+    from sqlalchemy import exc
+
+    def wrapped(orig, kind=exc.OperationalError, invalidated=False):
+        error = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        error.__cause__ = kind("SELECT 1", {}, orig, connection_invalidated=invalidated)
+        return error
+
+    assert claims.connection_lost(wrapped(psycopg.OperationalError("connection is bad: No such file")))
+    assert claims.connection_lost(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
+    assert claims.connection_lost(wrapped(psycopg.errors.ConnectionFailure("")))
+    assert claims.connection_lost(wrapped(psycopg.DatabaseError("server closed"), exc.DBAPIError, invalidated=True))
+    assert not claims.connection_lost(wrapped(psycopg.errors.SerializationFailure("could not serialize")))
+    assert not claims.connection_lost(wrapped(psycopg.errors.DeadlockDetected("deadlock")))
+    assert not claims.connection_lost(wrapped(psycopg.errors.StringDataRightTruncation("too long"), exc.DataError))
+    assert not claims.connection_lost(ValueError("not a database error"))

@@ -1,10 +1,11 @@
 """Training that a scheduler preempts keeps every finished step: on SIGTERM or SIGUSR1 the step in
-progress finishes, ``last.ckpt`` is saved (loops, optimiser, schedules, data order) and ``fit``
-stops; ``fit`` (below) then raises ``Preempted``, which the stages turn into exit ``PREEMPTED``.
+progress finishes, ``last.ckpt`` is saved (loops, optimiser, schedules, data order) and training
+stops with ``Preempted``, which the stages turn into exit ``PREEMPTED``.
 
-Lightning already stops every DDP rank at the same step on SIGTERM; this adds SIGUSR1 and the
-checkpoint. Under SLURM, Lightning's own SIGUSR1 handler (auto-requeue: it saves an
-``hpc_ckpt`` and requeues the job) runs first, then the run stops the same way.
+The signal handler only takes note; after every training step the ranks agree (one all-reduce
+of a flag) whether any of them was signalled, so every DDP rank stops after the same step, and
+no collective runs inside a signal handler. Under SLURM, Lightning's own SIGUSR1 handler
+(auto-requeue: it saves an ``hpc_ckpt`` and requeues the job) runs too, where Lightning installs it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gloro_repro.preemption import Preempted
+from gloro_repro.preemption import SIGNALS, Preempted
 
 
 def save_atomically(trainer: L.Trainer, checkpoint: str | Path) -> Path:
@@ -34,58 +35,53 @@ def save_atomically(trainer: L.Trainer, checkpoint: str | Path) -> Path:
     return checkpoint
 
 
-def _call(handler, signum, frame) -> None:
-    if callable(handler):
-        handler(signum, frame)
-
-
 class CheckpointOnPreemption(Callback):
-    """Saves ``checkpoint`` when SIGTERM or SIGUSR1 stops the run (see the module's docstring); with
-    ``checkpoint`` None (a short phase that restarts whole, like the warm-up) only stops it."""
+    """Stops training after the step in progress when SIGTERM or SIGUSR1 arrives, saving ``checkpoint``
+    there first (see the module's docstring); with ``checkpoint`` None (a short phase that starts
+    again whole, like the warm-up) it only stops."""
 
     def __init__(self, checkpoint: str | Path | None):
         self.checkpoint = checkpoint and Path(checkpoint)
         self.signal: str | None = None
         self.received: float | None = None
-        self.kept = ""
+        self._outer: dict = {}
 
-    def _note(self, signum) -> None:
-        if self.signal is None:
-            self.signal, self.received = signal.Signals(signum).name, time.monotonic()
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():  # the handlers from before Lightning's
+            self._outer = {signum: signal.getsignal(signum) for signum in SIGNALS}
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if not self._outer:
             return
-        # Lightning has installed its handlers by now (and restores the previous ones after fit)
-        term, usr1 = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+        usr1 = signal.getsignal(signal.SIGUSR1)
+        slurm = usr1 if usr1 is not self._outer[signal.SIGUSR1] else None  # Lightning's auto-requeue handler
 
-        def on_term(signum, frame):
-            self._note(signum)
-            _call(term, signum, frame)
+        def take_note(signum, frame):
+            if self.signal is None:
+                self.signal, self.received = signal.Signals(signum).name, time.monotonic()
+            for handler in (slurm if signum == signal.SIGUSR1 else None, self._outer[signum]):
+                if callable(handler):
+                    handler(signum, frame)  # e.g. a search worker's, which stops it at once
 
-        def on_usr1(signum, frame):
-            self._note(signum)
-            _call(usr1, signum, frame)  # Lightning's SLURM requeue where it applies
-            _call(term, signum, frame)  # then stop as for SIGTERM
+        for signum in SIGNALS:  # Lightning restores its predecessors' handlers after fit
+            signal.signal(signum, take_note)
 
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGUSR1, on_usr1)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or self.checkpoint is None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
             return
+        why = self.signal or "a signal to another rank"
+        if self.checkpoint is None:
+            raise Preempted(f"{why}: stopped; nothing of this phase kept, the same command starts it again")
         save_atomically(trainer, self.checkpoint)
         after = f", {time.monotonic() - self.received:.1f} s after the signal" if self.received else ""
-        self.kept = (f"saved {self.checkpoint} at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
-                     f"{after}; run the same command to resume from there")
+        raise Preempted(f"{why}: saved {self.checkpoint} at epoch {trainer.current_epoch + 1}, step "
+                        f"{trainer.global_step}{after}; run the same command to resume from there")
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, data, ckpt_path=None) -> None:
-    """``trainer.fit``, raising ``Preempted`` (with what was kept) where Lightning stopped for a signal."""
+    """``trainer.fit``, raising ``Preempted`` also where Lightning's own SIGTERM handling stopped it
+    (a signal before the first step)."""
     try:
         trainer.fit(module, data, ckpt_path=ckpt_path)
     except SIGTERMException:
-        keeper = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnPreemption)), None)
-        why = (keeper and keeper.signal) or "SIGTERM"
-        raise Preempted(f"{why}: {keeper.kept}" if keeper and keeper.kept
-                        else f"{why}: stopped; nothing of this phase kept, the same command starts it again") from None
+        raise Preempted("SIGTERM: stopped before training began; the same command starts it again") from None
