@@ -98,6 +98,15 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
         self._announce = threading.Lock()
         super().__init__(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
 
+    def __getstate__(self) -> dict:  # picklable, as Optuna's RDBStorage is
+        state = super().__getstate__()
+        del state["_announce"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._announce = threading.Lock()
+
     def patiently(self, call, *args, **kwargs):
         """``call(*args, **kwargs)``, retried while the connection is lost, up to ``outage`` seconds."""
         deadline, delay = None, 0.5

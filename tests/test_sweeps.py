@@ -237,6 +237,15 @@ def test_each_candidate_and_decision_is_one_line_and_an_all_tied_step_is_flagged
     assert capsys.readouterr().err.count("warning: step") == 2
 
 
+def test_the_patient_storage_pickles_like_optunas(tmp_path):
+    import pickle
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'search.db'}", 1, 3, outage=7)
+    optuna.create_study(study_name="s", storage=storage)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert copy.outage == 7 and copy.get_study_id_from_name("s") == storage.get_study_id_from_name("s")
+
+
 def test_only_a_lost_connection_is_waited_out():
     """A restart, a refused connection or a dropped one is retried; a serialization failure or a
     deadlock (both OperationalErrors to SQLAlchemy) and bad data are not."""
