@@ -120,7 +120,8 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self.outage
-                reason = f"{type(error.__cause__ or error).__name__}: {str(error.__cause__ or error).splitlines()[0]}"
+                cause = error.__cause__ or error
+                reason = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
                 self._went_down(reason)
                 if now >= deadline:
                     raise StorageUnavailable(f"the database was unreachable for {self.outage:g} s "

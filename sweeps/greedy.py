@@ -223,7 +223,7 @@ class GreedySearch:
         except (KeyboardInterrupt, SystemExit, Preempted) as stop:
             claims.give_back(self.storage, study, trial)  # the candidate goes back to the queue
             if isinstance(stop, Preempted):
-                raise Preempted(f"{stop} during {step}={label}") from None
+                raise Preempted(f"{stop} during {step}={label}: its candidate went back to the queue") from None
             raise Interrupted(f"{step}={label}") from None
         except claims.StorageUnavailable:
             raise  # the database, not the trial: the heartbeat check gives it back once the database returns
@@ -435,8 +435,7 @@ def main(argv=None) -> int:
         print(f"interrupted{during}; {resume}", file=sys.stderr)
         return 130
     except Preempted as stop:
-        given = ": its candidate went back to the queue" if " during " in str(stop) else ""
-        print(f"preempted ({stop}){given}; {resume}", file=sys.stderr)
+        print(f"preempted by {stop}; {resume}", file=sys.stderr)
         return PREEMPTED
     except claims.StorageUnavailable as error:
         print(f"error: --storage {url}: {error}. This worker stops; the trial it ran goes to the other workers "

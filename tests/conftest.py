@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -160,6 +161,20 @@ def net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The network's float tensors in a checkpoint (weights and iterates)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("net.") and v.is_floating_point()}  # not digests
+
+
+def running_trial(url: str, name: str, pids=None, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first RUNNING trial of the search ``name`` (of a worker in ``pids``), waiting for one."""
+    from benchmarks.search_load import search_trials
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [t for _, t in search_trials(url, name) if t.state == optuna.trial.TrialState.RUNNING
+                   and (pids is None or t.user_attrs.get("pid") in pids)]
+        if running:
+            return running[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no trial of {name} was running within {timeout} s")
 
 
 @pytest.fixture(autouse=True)

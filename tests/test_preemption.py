@@ -16,7 +16,16 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import PARAMS, checkpoint_epoch, cpu_env, net_state, run_ok, tiny_project, with_project_path
+from conftest import (
+    PARAMS,
+    checkpoint_epoch,
+    cpu_env,
+    net_state,
+    run_ok,
+    running_trial,
+    tiny_project,
+    with_project_path,
+)
 
 from gloro_repro.preemption import PREEMPTED
 from gloro_repro.sweeps.claims import open_storage
@@ -107,16 +116,7 @@ def test_a_preempted_search_worker_gives_its_candidate_back_at_once(tmp_path, re
                                "--epoch-scale", "0.3", "--steps", "eps_schedule", "--storage", url],
                               cwd=tmp_path, env=with_project_path(cpu_env(1)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    study, running = None, []
-    deadline = time.monotonic() + 240
-    while not running and time.monotonic() < deadline:
-        try:
-            study = study or optuna.load_study(study_name="digits_minmax/eps_schedule", storage=open_storage(url))
-            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-        except KeyError:  # the study is not there yet
-            pass
-        time.sleep(0.1)
-    assert running, "no trial ran"
+    trial = running_trial(url, "digits_minmax", timeout=240)
     time.sleep(1.0)  # into its training
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
@@ -125,11 +125,11 @@ def test_a_preempted_search_worker_gives_its_candidate_back_at_once(tmp_path, re
     assert worker.returncode == PREEMPTED, out[-2000:] + err[-3000:]
     assert "Traceback" not in err
     (line,) = [x for x in err.splitlines() if x.startswith("preempted")]
-    candidate = running[0].user_attrs["candidate"]
+    candidate = trial.user_attrs["candidate"]
     assert f"SIGTERM during eps_schedule={candidate}" in line and "its candidate went back to the queue" in line
-    trials = study.get_trials()
-    assert trials[running[0].number].state == optuna.trial.TrialState.FAIL
+    trials = optuna.load_study(study_name="digits_minmax/eps_schedule", storage=open_storage(url)).get_trials()
+    assert trials[trial.number].state == optuna.trial.TrialState.FAIL
     assert [t.state for t in trials if t.user_attrs["candidate"] == candidate][-1] == optuna.trial.TrialState.WAITING
     assert seconds < 10, f"{seconds:.1f} s from SIGTERM to exit"
-    report(f"SIGTERM to a search worker in trial {running[0].number} (eps_schedule={candidate}): exit "
+    report(f"SIGTERM to a search worker in trial {trial.number} (eps_schedule={candidate}): exit "
            f"{worker.returncode} {seconds:.2f} s later, the trial FAIL and its candidate WAITING again for the others")

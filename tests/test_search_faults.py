@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import PARAMS, ROOT, with_project_path
+from conftest import PARAMS, ROOT, running_trial, with_project_path
 
 from benchmarks.search_load import EXPECTED, search_trials, tally, worker_command
 from gloro_repro.preemption import PREEMPTED
@@ -70,18 +70,6 @@ def server():
     server = Server()
     yield server
     server.remove()
-
-
-def running_trial(url: str, name: str, pids=None, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    """The first RUNNING trial of the search ``name`` (of a worker in ``pids``), waiting for one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = [t for _, t in search_trials(url, name) if t.state == optuna.trial.TrialState.RUNNING
-                   and (pids is None or t.user_attrs.get("pid") in pids)]
-        if running:
-            return running[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no trial of {name} was running within {timeout} s")
 
 
 def wait_for_completed(url: str, name: str, count: int) -> None:

@@ -20,7 +20,7 @@ from collections import Counter
 import optuna
 import pytest
 import yaml
-from conftest import PARAMS, ROOT, with_project_path
+from conftest import PARAMS, ROOT, running_trial, with_project_path
 
 from benchmarks.search_load import EXPECTED, controlled, search_trials, tally, worker_command
 from gloro_repro.sweeps.claims import open_storage
@@ -46,16 +46,9 @@ def killed_search():
     name = f"kill-{uuid.uuid4().hex[:8]}"
     workers = [subprocess.Popen(worker_command(URL, name, 0.3), cwd=ROOT, stdout=subprocess.PIPE, text=True)
                for _ in range(3)]
-    victim, killed = workers[0], None
-    deadline = time.monotonic() + 120
-    while killed is None and time.monotonic() < deadline:
-        running = [t for _, t in search_trials(URL, name) if t.state == optuna.trial.TrialState.RUNNING
-                   and t.user_attrs.get("pid") == victim.pid]
-        if running:
-            os.kill(victim.pid, signal.SIGKILL)
-            killed = running[0]
-        time.sleep(0.05)
-    assert killed is not None, "the first worker never ran a trial"
+    victim = workers[0]
+    killed = running_trial(URL, name, {victim.pid}, timeout=120)
+    os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     outputs = [json.loads(w.communicate(timeout=300)[0].strip().splitlines()[-1]) for w in workers[1:]]
     assert all(w.returncode == 0 for w in workers[1:])
