@@ -72,10 +72,13 @@ def connection_lost(error: BaseException) -> bool:
     a failover, a network drop), rather than for what the call asked: SQLAlchemy saw a disconnect,
     or the driver's error has no SQLSTATE (no server answered) or a connection one (class 08, or
     57P: the administrator or a crash shut the server down). A serialization failure or deadlock is
-    not one."""
+    not one. Optuna's wrapper is looked through, and so is SQLAlchemy's ``PendingRollbackError``, to
+    the error that spoilt the transaction (Optuna's ``_get_trials`` retries a failed query in it)."""
     from sqlalchemy import exc
 
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    if isinstance(cause, exc.PendingRollbackError):
+        cause = cause.__cause__ or cause.__context__
     if not isinstance(cause, exc.DBAPIError):
         return False
     if cause.connection_invalidated:

@@ -265,3 +265,18 @@ def test_only_a_lost_connection_is_waited_out():
     assert not claims.connection_lost(wrapped(psycopg.errors.DeadlockDetected("deadlock")))
     assert not claims.connection_lost(wrapped(psycopg.errors.StringDataRightTruncation("too long"), exc.DataError))
     assert not claims.connection_lost(ValueError("not a database error"))
+
+    def after_a_failed_query(first):  # Optuna's _get_trials re-queries in the spoilt transaction
+        try:
+            try:
+                raise first.__cause__
+            except exc.DBAPIError:
+                raise exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+        except exc.PendingRollbackError as pending:
+            error = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+            error.__cause__ = pending
+            return error
+
+    dropped = psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+    assert claims.connection_lost(after_a_failed_query(wrapped(dropped, invalidated=True)))
+    assert not claims.connection_lost(after_a_failed_query(wrapped(psycopg.errors.DeadlockDetected("deadlock"))))
