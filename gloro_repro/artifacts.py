@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gloro_repro.config import Experiment
+from gloro_repro.config import ConfigError, Experiment
 from gloro_repro.exported import ExportedModel, ExportError, weights_digest
 from gloro_repro.gloro import GloroNet, build_network
 from gloro_repro.io import atomic_open
@@ -25,8 +25,11 @@ SELECTIONS = ("best", "last")  # the validation-selected checkpoint and the last
 def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_classes: int) -> GloroNet:
     """The experiment's network, wrapped as a GloroNet at its test radius (seeded init)."""
     model = experiment.model
-    f = build_network(model.architecture, tuple(input_shape), num_classes, model.activation, model.init,
-                      seed=experiment.training.seed)
+    try:
+        f = build_network(model.architecture, tuple(input_shape), num_classes, model.activation, model.init,
+                          seed=experiment.training.seed)
+    except ValueError as error:  # e.g. a custom spec whose head does not fit the data's classes
+        raise ConfigError(f"experiments.{experiment.name}.model.architecture: {error}") from None
     iterations = model.power_iterations if experiment.robust else 0
     return GloroNet(f, eps=experiment.eps_test, power_iterations=iterations)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PARAMS
+from conftest import PARAMS, tiny_project
 
 from gloro_repro import paper
 from gloro_repro.config import ConfigError, load_params, parse_params
-from gloro_repro.stages import train
+from gloro_repro.stages import train, warmup
 from gloro_repro.tables import paper_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +140,19 @@ def test_stage_exits_2_with_the_message_before_any_work(tmp_path, capsys):
     assert "bad eps schedule 'lgo'" in capsys.readouterr().err
     assert train.main(["no_such_experiment", "--params", str(PARAMS)]) == 2
     assert "unknown experiment 'no_such_experiment'" in capsys.readouterr().err
+
+
+def test_a_head_that_does_not_fit_the_data_is_a_params_error(tmp_path, capsys, monkeypatch):
+    """A custom spec is checked against the prepared data's class count when the network is built."""
+    folder = tiny_project(tmp_path / "project")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["experiments"]["tiny"]["model"]["architecture"] = "c8k3s1-d7"
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert warmup.main(["tiny"]) == 2
+    assert "experiments.tiny.model.architecture: architecture 'c8k3s1-d7' ends in d7, but the data has 10 classes" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module,allowed", [("gloro_repro.config", {"yaml"}), ("gloro_repro.gloro", set())])

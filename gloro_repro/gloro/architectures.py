@@ -34,8 +34,8 @@ ARCHITECTURES = {
     # The reference code's 8C2F (eight convs, two dense layers, as the name says).
     "8C2F": "c64k3s1-c64k3s1-c64k4s2-c128k3s1-c128k3s1-c128k4s2-c256k3s1-c256k4s2-d256",
     # LiResNets sized so every block's operator has at most 2,048 dimensions (near-exact bounds)
-    "LiResNet-digits": "c16k3s1-r3x4-c32k4s2-d100",         # 8x8: blocks at 16 x 8 x 8
-    "LiResNet-S": "c32k4s2-c32k4s2-r3x6-c64k3s1-d256",       # 28x28: blocks at 32 x 7 x 7
+    "LiResNet-digits": "c16k3s1-r3-c32k4s2-d100",           # 8x8: a block at 16 x 8 x 8
+    "LiResNet-S": "c32k4s2-c32k4s2-r3x3-c64k3s1-d256",       # 28x28: blocks at 32 x 7 x 7
     # the paper's CIFAR-10 / Tiny-ImageNet shape, narrower (L12W256): stem, 12 blocks, neck, head
     "LiResNet-L12W256": "c256k3s2-r3x12-c256k4s4-d2048",
 }
