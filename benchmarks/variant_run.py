@@ -7,7 +7,7 @@ model certifies the test split. Prints a Markdown row per seed (clean accuracy, 
 bound, provable VRA, s/epoch, the global upper bound) and the mean and sd over the seeds.
 
     python -m benchmarks.variant_run mnist_t10k_liresnet --seeds 0 1 2 --jobs 2
-    python -m benchmarks.variant_run mnist_t10k_liresnet --seeds 0 -S model.architecture=c32k4s2-c32k4s2-c64k3s1-d256-d10
+    python -m benchmarks.variant_run mnist_t10k_liresnet -S model.architecture=c32k4s2-c32k4s2-c64k3s1-d256-d10
 
 Seed 0 with no overrides is what ``dvc exp run`` gives for the experiment (up to the thread count:
 ``--jobs`` seeds at a time share the machine's cores).
