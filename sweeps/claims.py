@@ -67,18 +67,27 @@ class StorageUnavailable(Exception):
     """The database stayed unreachable for longer than the worker's ``outage`` bound."""
 
 
+def database_error(error: BaseException) -> BaseException:
+    """The database's own error behind a failed storage call: Optuna's wrapper is looked through,
+    and so is SQLAlchemy's ``PendingRollbackError``, to the error that spoilt the transaction
+    (Optuna's ``_get_trials`` retries a failed query in it)."""
+    from sqlalchemy import exc
+
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    if isinstance(cause, exc.PendingRollbackError):
+        cause = cause.__cause__ or cause.__context__ or cause
+    return cause or error
+
+
 def connection_lost(error: BaseException) -> bool:
     """Whether a storage call failed because the database connection was lost or refused (a restart,
     a failover, a network drop), rather than for what the call asked: SQLAlchemy saw a disconnect,
     or the driver's error has no SQLSTATE (no server answered) or a connection one (class 08, or
     57P: the administrator or a crash shut the server down). A serialization failure or deadlock is
-    not one. Optuna's wrapper is looked through, and so is SQLAlchemy's ``PendingRollbackError``, to
-    the error that spoilt the transaction (Optuna's ``_get_trials`` retries a failed query in it)."""
+    not one. Judged on ``database_error(error)``."""
     from sqlalchemy import exc
 
-    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-    if isinstance(cause, exc.PendingRollbackError):
-        cause = cause.__cause__ or cause.__context__
+    cause = database_error(error)
     if not isinstance(cause, exc.DBAPIError):
         return False
     if cause.connection_invalidated:
@@ -123,7 +132,7 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + self.outage
-                cause = error.__cause__ or error
+                cause = database_error(error)
                 reason = f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
                 self._went_down(reason)
                 if now >= deadline:

@@ -45,14 +45,14 @@ def _optimise(f: nn.Module, x1: torch.Tensor, x2: torch.Tensor, steps: int, lr: 
     optimiser = torch.optim.Adam([x1, x2], lr=lr, eps=1e-7)
     best = torch.full((len(x1),), -1.0, device=x1.device)
     best1, best2 = x1.detach().clone(), x2.detach().clone()
+    per_pair = (-1,) + (1,) * (x1.dim() - 1)  # a pair's flag against its points' shape
     for step in range(steps + 1):
         ratio = margin_ratios(f, x1, x2, j)
         with torch.no_grad():
             improved = ratio > best
             best = torch.where(improved, ratio, best)
-            shape = (-1,) + (1,) * (x1.dim() - 1)
-            best1 = torch.where(improved.view(shape), x1, best1)
-            best2 = torch.where(improved.view(shape), x2, best2)
+            best1 = torch.where(improved.view(per_pair), x1, best1)
+            best2 = torch.where(improved.view(per_pair), x2, best2)
         if step == steps:
             break
         optimiser.zero_grad()
