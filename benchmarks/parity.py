@@ -15,6 +15,13 @@ as the pipeline certifies). Arms differ from ``project`` (what the pipeline does
                   1e-2 change of the global bound in chunks of 100 iterations (the library's callback);
                   the project converges its persistent iterates to 1e-5 (relative)
   keras_adam      Keras's Adam: epsilon added to sqrt(v), not to the bias-corrected sqrt(v_hat)
+  keras_kl        the library's TRADES term as Keras computes it: KLDivergence between [softmax(f), 0]
+                  and the m+1 softmax, both clipped to [1e-7, 1], the gradient through both
+  library_schedules  lambda and LR as the library's callbacks set them: per-epoch lists (lambda
+                  0.1 + 1.9 e/E, never reaching 2.0; LR exp-decaying from the half to a last value
+                  above 1e-6) interpolated per step from the previous epoch's value to this one's
+  initial_refresh the iterates converged (loosely, as the library's callback) before the first step
+  library_exact   all of ``library`` and the three above
 
 and two ways of making validation selection cheaper in data: ``val_2pct`` holds out 2% instead
 of 10%; ``refit`` selects the epoch on the 10% split, then trains again on all 8,000 images with
@@ -45,12 +52,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from gloro_repro.config import load_params
 from gloro_repro.data.mnist import read_mnist_split
 from gloro_repro.gloro import GloroNet, build_network, step_loss
 from gloro_repro.gloro.layers import _unit
-from gloro_repro.gloro.model import certify_logits
+from gloro_repro.gloro.model import certify_logits, gloro_logits
 from gloro_repro.io import atomic_open
 
 
@@ -61,6 +69,9 @@ class Arm:
     through_iters: bool = False
     library_refresh: bool = False
     keras_adam: bool = False
+    keras_kl: bool = False
+    library_schedules: bool = False
+    initial_refresh: bool = False
     refit: bool = False
 
 
@@ -72,6 +83,11 @@ ARMS = {
     "library_refresh": Arm(val_fraction=0.0, library_refresh=True),
     "keras_adam": Arm(val_fraction=0.0, keras_adam=True),
     "library": Arm(val_fraction=0.0, per_step=True, through_iters=True, library_refresh=True, keras_adam=True),
+    "keras_kl": Arm(val_fraction=0.0, keras_kl=True),
+    "library_schedules": Arm(val_fraction=0.0, library_schedules=True),
+    "initial_refresh": Arm(val_fraction=0.0, initial_refresh=True),
+    "library_exact": Arm(val_fraction=0.0, through_iters=True, library_refresh=True, keras_adam=True,
+                         keras_kl=True, library_schedules=True, initial_refresh=True),
     "val_2pct": Arm(val_fraction=0.02),
     "refit": Arm(refit=True),
 }
@@ -118,6 +134,32 @@ class KerasAdam(torch.optim.Optimizer):
                 p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)
 
 
+def keras_trades(logits: torch.Tensor, gloro: torch.Tensor, labels: torch.Tensor, lam: float) -> torch.Tensor:
+    """The library's ``sparse_trades_kl``: CE on f plus lambda times Keras's ``KLDivergence`` of the m+1
+    softmax from ``[softmax(f), 0]``, both clipped to [1e-7, 1], with the gradient through both."""
+    target = torch.cat([logits.softmax(1), torch.zeros_like(logits[:, :1])], 1).clamp(1e-7, 1)
+    predicted = gloro.softmax(1).clamp(1e-7, 1)
+    kl = (target * (target / predicted).log()).sum(1)
+    return F.cross_entropy(logits, labels) + lam * kl.mean()
+
+
+def library_lists(experiment) -> tuple[list[float], list[float]]:
+    """Per-epoch lambda and LR as the library's ``linear_from_<x>`` and ``decay_after_half_to_<lb>``
+    schedules list them."""
+    schedule, epochs = experiment.schedule(), experiment.training.epochs
+    lam, lr = schedule.lam, schedule.lr
+    half = int(0.5 * epochs)
+    decay = math.log(lr.lower_bound / lr.init_lr) / (epochs - half)
+    return ([lam.start + (lam.end - lam.start) * e / epochs for e in range(epochs)],
+            [lr.init_lr] * half + [lr.init_lr * math.exp(decay * e) for e in range(epochs - half)])
+
+
+def library_value(values: list[float], epoch: int, step: int, steps: int) -> float:
+    """The library's per-step value: from the previous epoch's entry to this epoch's, linearly."""
+    previous, current = values[max(epoch - 1, 0)], values[min(epoch, len(values) - 1)]
+    return previous + (current - previous) * step / steps
+
+
 @torch.no_grad()
 def library_refresh(net: GloroNet, generator: torch.Generator, tol: float = 1e-2, chunk: int = 100,
                     max_tries: int = 1000) -> None:
@@ -162,16 +204,26 @@ def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...], stop_af
     optimiser = (KerasAdam if arm.keras_adam else torch.optim.Adam)(net.parameters(), lr=training.init_lr, eps=1e-7)
     order_g, refresh_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     n_batches = -(-len(x) // training.batch_size)
+    lam_list, lr_list = library_lists(experiment)
     best, start = (-1.0, None, -1), time.perf_counter()
+    if arm.initial_refresh:
+        library_refresh(net, refresh_g)
     for epoch in range(stop_after or schedule.total_epochs):
         net.train()
         order = torch.randperm(len(x), generator=order_g)
         for b in range(n_batches):
             settings = schedule.at(epoch + b / n_batches if arm.per_step else epoch)
+            lam, lr = settings.lam, settings.lr
+            if arm.library_schedules:
+                lam, lr = (library_value(values, epoch, b, n_batches) for values in (lam_list, lr_list))
             for group in optimiser.param_groups:
-                group["lr"] = settings.lr
+                group["lr"] = lr
             batch = order[b * training.batch_size:(b + 1) * training.batch_size]
-            loss = step_loss(net, x[batch], y[batch], settings.eps, settings.lam, experiment.training.loss).loss
+            if arm.keras_kl:
+                logits, k_ij = net.logits_and_bounds(x[batch])
+                loss = keras_trades(logits, gloro_logits(logits, k_ij, settings.eps), y[batch], lam)
+            else:
+                loss = step_loss(net, x[batch], y[batch], settings.eps, lam, experiment.training.loss).loss
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -62,3 +62,34 @@ def test_command_writes_json_and_markdown(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run.main(["--repeats", "0"])
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_parity_keras_trades_is_the_projects_trades_until_keras_clips():
+    from benchmarks.parity import keras_trades
+    from gloro_repro.gloro.losses import trades_loss
+
+    logits = torch.randn(8, 10, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(8)
+    gloro = torch.cat([logits, logits.max(1, keepdim=True).values + 0.5], 1)
+    ours, keras = trades_loss(gloro, labels, 2.0), keras_trades(logits, gloro, labels, 2.0)
+    grad_ours, = torch.autograd.grad(ours, logits, retain_graph=True)
+    grad_keras, = torch.autograd.grad(keras, logits)
+    assert abs(ours.item() - keras.item()) < 1e-5 and torch.allclose(grad_ours, grad_keras, atol=1e-5)
+    # a bottom logit 20 nats above f: every class's probability under 1e-7, clipped, so Keras's term loses
+    # the gradient that pushes the bottom logit down
+    saturated = torch.cat([logits, logits.max(1, keepdim=True).values + 20], 1)
+    assert trades_loss(saturated, labels, 1.0).item() - keras_trades(logits, saturated, labels, 1.0).item() > 1
+
+
+def test_parity_library_schedules_lag_one_epoch_and_stop_short_of_the_end():
+    from benchmarks.parity import library_lists, library_value
+    from gloro_repro.config import load_params
+
+    experiment = load_params("params.yaml").experiments["mnist_t10k_2c2f_minmax"]
+    lam, lr = library_lists(experiment)
+    epochs = experiment.training.epochs
+    assert len(lam) == len(lr) == epochs and lam[0] == pytest.approx(0.1) and lam[-1] < 2.0
+    assert lr[epochs // 2 - 1] == lr[epochs // 2] == 1e-3 and 1e-6 < lr[-1] < 2e-6
+    assert library_value(lam, 0, 7, 16) == lam[0]
+    assert library_value(lam, 5, 0, 16) == lam[4]
+    assert library_value(lam, 5, 8, 16) == pytest.approx((lam[4] + lam[5]) / 2)
