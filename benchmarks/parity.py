@@ -23,7 +23,12 @@ as the pipeline certifies). Arms differ from ``project`` (what the pipeline does
   initial_refresh the iterates converged (loosely, as the library's callback) before the first step
   library_exact   all of ``library`` and the three above
 
-and two ways of making validation selection cheaper in data: ``val_2pct`` holds out 2% instead
+``--export-paired DIR`` writes, per seed, what the ``all_data`` arm starts from (its initial weights
+in Keras's layout, its per-epoch batch order, and its logits on 64 images) for
+``parity_library.py --paired DIR``, which trains the authors' library from exactly that start: the
+two implementations then differ only in their code, not in their random draws.
+
+And two ways of making validation selection cheaper in data: ``val_2pct`` holds out 2% instead
 of 10%; ``refit`` selects the epoch on the 10% split, then trains again on all 8,000 images with
 the same schedule and stops at the selected epoch (twice the training).
 
@@ -247,6 +252,63 @@ def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...], stop_af
     return row
 
 
+def _pairs_for_keras(channels: int) -> np.ndarray:
+    """``perm[c]``: our channel that the library's channel c holds. Our MinMax pairs channel k with
+    k + C/2 (halves), the library's pairs 2k with 2k+1 (neighbours)."""
+    half = np.arange(channels // 2)
+    return np.stack([half, half + channels // 2], 1).reshape(-1)
+
+
+def keras_weights(f: torch.nn.Sequential) -> list[np.ndarray]:
+    """f's weights as the library's 2C2F (``model.get_weights()`` order): conv kernels
+    ``[kh, kw, C_in, C_out]``, dense kernels ``[in, out]``, channels ordered for the library's MinMax
+    pairing, the first dense layer's inputs in NHWC flattening order."""
+    out, perm_in, spatial = [], None, None
+    for layer in f:
+        weight = getattr(layer, "weight", None)
+        if weight is None:
+            continue
+        w, b = weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+        last = layer is f[-1]
+        perm_out = np.arange(w.shape[0]) if last else _pairs_for_keras(w.shape[0])
+        if w.ndim == 4:
+            w = w[perm_out][:, perm_in if perm_in is not None else slice(None)]
+            out += [w.transpose(2, 3, 1, 0), b[perm_out]]
+            spatial = layer.output_shape[1:]
+        else:
+            if spatial is not None:  # first dense after the flatten: NCHW -> NHWC inputs, channels permuted
+                h, wd = spatial
+                c = np.arange(len(perm_in))
+                ours = (perm_in[c][None, None, :] * h * wd + np.arange(h)[:, None, None] * wd
+                        + np.arange(wd)[None, :, None])
+                w, spatial = w[:, ours.reshape(-1)], None
+            elif perm_in is not None:
+                w = w[:, perm_in]
+            out += [w[perm_out].T, b[perm_out]]
+        perm_in = perm_out
+    return [a.astype(np.float32) for a in out]
+
+
+def export_paired(folder: Path, experiment, seeds: list[int], data: tuple[torch.Tensor, ...]) -> None:
+    """Per seed, ``seed<k>.npz``: the ``all_data`` arm's initial weights (Keras layout), its per-epoch
+    orders of the 8,000 training images, and its logits on the first 64 of them (a layout check)."""
+    x_all = data[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    model = experiment.model
+    for seed in seeds:
+        torch.manual_seed(seed)
+        f = build_network(model.architecture, tuple(x_all.shape[1:]), 10, model.activation, model.init, seed=seed)
+        order_g = torch.Generator().manual_seed(seed)
+        orders = np.stack([torch.randperm(len(x_all), generator=order_g).numpy()
+                           for _ in range(experiment.schedule().total_epochs)])
+        with torch.no_grad():
+            logits = f(x_all[:64]).numpy()
+        weights = keras_weights(f)
+        arrays = {f"w{i}": w for i, w in enumerate(weights)}
+        np.savez(folder / f"seed{seed}.npz", orders=orders, logits=logits, **arrays)
+        print(f"wrote {folder / f'seed{seed}.npz'}")
+
+
 def _task(task) -> dict:
     name, seed, experiment, setting, data = task
     arm = ARMS[name]
@@ -289,6 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lam", default=None, help="override training.lam (TRADES's lambda), e.g. 0.1,2.0,100")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
     parser.add_argument("--out", default="results/parity", help="output path without extension")
+    parser.add_argument("--export-paired", type=Path, default=None, metavar="DIR",
+                        help="write each seed's start for parity_library.py --paired DIR, and train nothing")
     args = parser.parse_args(argv)
     experiment = load_params("params.yaml").experiments["mnist_t10k_2c2f_minmax"]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("eps_train", args.eps_train), ("lam", args.lam))
@@ -299,6 +363,9 @@ def main(argv=None) -> int:
     x, y = read_mnist_split(args.mnist, "test")
     x = x.float() / 255
     data = (x[:8000], y[:8000], x[8000:], y[8000:])
+    if args.export_paired:
+        export_paired(args.export_paired, experiment, args.seeds, data)
+        return 0
     csv = Path(f"{args.out}.csv")
     rows = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["setting", "arm", "seed"])
     done = set(zip(rows["setting"], rows["arm"], rows["seed"]))

@@ -21,6 +21,11 @@ arm); GloroNet(eps_train, 5 power iterations); the ``sparse_trades_kl.2.0`` loss
   iterations until the global bound changes by under 1e-5, at most 200 chunks), close to the
   bound the project certifies with.
 
+``--paired DIR`` starts each seed from what ``benchmarks.parity --export-paired DIR`` wrote: the
+project's initial weights for that seed (checked: the library's logits match the project's) and its
+batch order for every epoch, so the two implementations share their random draws (``init``:
+``paired``); the library's own iterate refreshes stay as they are.
+
 Appends one row per run to ``--out`` (a CSV; ``init`` names the arm). ``--threads`` caps
 TensorFlow's threads, so two runs can share two cores.
 """
@@ -50,6 +55,8 @@ def main() -> None:
     parser.add_argument("--eps-train", type=float, default=0.3)
     parser.add_argument("--init", choices=("per_layer", "shared"), default="per_layer",
                         help="'orthogonal' per layer (the authors' scripts) or one shared Orthogonal() instance")
+    parser.add_argument("--paired", type=Path, default=None, metavar="DIR",
+                        help="start from benchmarks.parity --export-paired DIR: the project's weights and batch order")
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow's intra- and inter-op threads")
     parser.add_argument("--out", type=Path, default=Path("results/parity_library.csv"))
     args = parser.parse_args()
@@ -77,7 +84,8 @@ def run(args: argparse.Namespace, seed: int) -> None:
     y = read_idx(args.mnist / "t10k-labels-idx1-ubyte.gz").astype("int64")
     x_train, y_train, x_test, y_test = x[:8000], y[:8000], x[8000:], y[8000:]
 
-    init = tf.keras.initializers.Orthogonal() if args.init == "shared" else "orthogonal"
+    arm = "paired" if args.paired else args.init
+    init = tf.keras.initializers.Orthogonal() if arm == "shared" else "orthogonal"
     inputs = Input((28, 28, 1))
     z = MinMax()(Conv2D(16, 4, strides=2, padding="same", kernel_initializer=init)(inputs))
     z = MinMax()(Conv2D(32, 4, strides=2, padding="same", kernel_initializer=init)(z))
@@ -86,10 +94,33 @@ def run(args: argparse.Namespace, seed: int) -> None:
     model = GloroNet(inputs, outputs, args.eps_train, num_iterations=5)
     model.compile(loss="sparse_trades_kl.2.0", optimizer=tf.keras.optimizers.Adam(1e-3),
                   metrics=["clean_acc", "vra"])
+    callbacks = [EpsilonScheduler("fixed"), TradesScheduler("linear_from_0.1"),
+                 LrScheduler("decay_after_half_to_0.000001")]
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=512, epochs=args.epochs, verbose=2,
-              callbacks=[EpsilonScheduler("fixed"), TradesScheduler("linear_from_0.1"),
-                         LrScheduler("decay_after_half_to_0.000001")])
+    if args.paired:
+        paired = np.load(args.paired / f"seed{seed}.npz")
+        model.f.set_weights([paired[f"w{i}"] for i in range(len(model.f.get_weights()))])
+        gap = float(np.abs(model.f(x_train[:64]).numpy() - paired["logits"]).max())
+        if gap > 1e-4:
+            raise SystemExit(f"the library's logits differ from the project's by {gap:.2e}: weights mapped wrongly")
+        orders = paired["orders"][:args.epochs]
+        served = []
+
+        def batches():
+            for order in orders:
+                for b in range(0, len(order), 512):
+                    served.append(b)
+                    yield x_train[order[b:b + 512]], y_train[order[b:b + 512]]
+
+        steps = -(-len(x_train) // 512)
+        data = tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec((None, 28, 28, 1), tf.float32), tf.TensorSpec((None,), tf.int64)))
+        model.fit(data, epochs=args.epochs, steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+        if len(served) != steps * args.epochs:
+            raise SystemExit(f"the library trained on {len(served)} batches, not {steps * args.epochs}")
+        print(f"paired start: logits within {gap:.1e} of the project's; {len(served)} batches in the project's order")
+    else:
+        model.fit(x_train, y_train, batch_size=512, epochs=args.epochs, verbose=2, callbacks=callbacks)
     seconds = time.perf_counter() - start
     model.epsilon = 0.3
     _, clean, vra_library = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
@@ -98,7 +129,7 @@ def run(args: argparse.Namespace, seed: int) -> None:
     model.freeze_lipschitz_constant(converge=False)
     _, clean_tight, vra_tight = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     k_tight = float(model.lipschitz_constant().numpy().max())
-    row = (f"{args.init},{seed},{args.epochs},{args.eps_train},{clean:.4f},{vra_library:.4f},{vra_tight:.4f},"
+    row = (f"{arm},{seed},{args.epochs},{args.eps_train},{clean:.4f},{vra_library:.4f},{vra_tight:.4f},"
            f"{k_library:.6f},{k_tight:.6f},{seconds:.0f}\n")
     new = not args.out.exists()
     with open(args.out, "a") as handle:
