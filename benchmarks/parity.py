@@ -340,6 +340,67 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).fillna("")
 
 
+def against_library(rows: pd.DataFrame, library: pd.DataFrame, arm: str = "all_data") -> pd.DataFrame:
+    """VRA of the project's ``arm`` against each of the library's arms (``parity_library.py``'s
+    ``init``), per setting, in percent: mean and sd over seeds, the difference project - library
+    and its standard error; paired by seed for the library's ``paired`` runs (same start and batch
+    order as the project's), Welch's otherwise (the two draw their starts independently)."""
+    out = []
+    for (epochs, eps_train, init), lib in library.groupby(["epochs", "eps_train", "init"], sort=False):
+        ours = rows[(rows["arm"] == arm) & rows["setting"].str.startswith(f"{epochs} epochs, eps_train {eps_train},")]
+        ours = ours.set_index("seed")["vra"] * 100
+        theirs = lib.set_index("seed")["vra_tight"] * 100
+        if not len(ours) or not len(theirs):
+            continue
+        paired = init == "paired"
+        if paired:  # only the seeds both ran, difference by difference
+            both = ours.index.intersection(theirs.index)
+            ours, theirs = ours[both], theirs[both]
+            se = (ours - theirs).std(ddof=1) / math.sqrt(len(both))
+        else:
+            se = math.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs))
+        out.append({"setting": f"{epochs} epochs, eps_train {eps_train}", "library": init,
+                    "library seeds": len(theirs), "library VRA": f"{theirs.mean():.2f} ({theirs.std(ddof=1):.2f})",
+                    f"project ({arm}) seeds": len(ours), "project VRA": f"{ours.mean():.2f} ({ours.std(ddof=1):.2f})",
+                    "project - library": f"{ours.mean() - theirs.mean():+.2f}", "se": f"{se:.2f}",
+                    "paired by seed": "yes" if paired else "no"})
+    return pd.DataFrame(out)
+
+
+def against_arm(rows: pd.DataFrame, base: str = "all_data") -> pd.DataFrame:
+    """Each arm's VRA against ``base`` at the same seeds (same start and batch order), in percent:
+    the mean difference and its standard error."""
+    out = []
+    for setting, group in rows.groupby("setting", sort=False):
+        vra = group.pivot_table(index="seed", columns="arm", values="vra") * 100
+        if base not in vra:
+            continue
+        for arm in vra.columns.drop(base):
+            diff = (vra[arm] - vra[base]).dropna()
+            if len(diff) > 1:
+                se = diff.std(ddof=1) / math.sqrt(len(diff))
+                out.append({"setting": setting, "arm": arm, "seeds": len(diff),
+                            "VRA": f"{vra[arm][diff.index].mean():.2f}",
+                            f"{base} at those seeds": f"{vra[base][diff.index].mean():.2f}",
+                            "difference": f"{diff.mean():+.2f}", "se": f"{se:.2f}"})
+    return pd.DataFrame(out)
+
+
+def per_seed(rows: pd.DataFrame, library: pd.DataFrame, arms: tuple[str, ...] = ("all_data", "library_exact")
+             ) -> dict[str, pd.DataFrame]:
+    """Every seed's VRA (percent) per setting: the library's arms beside the project's ``arms``."""
+    tables = {}
+    for (epochs, eps_train), lib in library.groupby(["epochs", "eps_train"], sort=False):
+        setting = f"{epochs} epochs, eps_train {eps_train}"
+        ours = rows[rows["arm"].isin(arms) & rows["setting"].str.startswith(setting + ",")]
+        table = pd.concat([(lib.pivot_table(index="seed", columns="init", values="vra_tight") * 100)
+                           .add_prefix("library "),
+                           (ours.pivot_table(index="seed", columns="arm", values="vra") * 100).add_prefix("project ")],
+                          axis=1).sort_index()
+        tables[setting] = table.round(2)
+    return tables
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", type=Path, default=Path("../shared/data/mnist"),
@@ -380,6 +441,15 @@ def main(argv=None) -> int:
             rows.to_csv(handle, index=False)
     with atomic_open(f"{args.out}.md", "w") as handle:
         handle.write(summary(rows).to_markdown(index=False) + "\n")
+        handle.write("\nEach arm against all_data at the same seeds (VRA, percent):\n\n"
+                     + against_arm(rows).to_markdown(index=False, disable_numparse=True) + "\n")
+        library_csv = Path(f"{args.out}_library.csv")
+        if library_csv.exists():
+            comparison = against_library(rows, pd.read_csv(library_csv))
+            handle.write(f"\nAgainst the authors' library ({library_csv}; VRA at eps 0.3, mean (sd)):\n\n"
+                         + comparison.to_markdown(index=False, disable_numparse=True) + "\n")
+            for setting, table in per_seed(rows, pd.read_csv(library_csv)).items():
+                handle.write(f"\nEvery seed, {setting} (VRA at eps 0.3):\n\n" + table.to_markdown() + "\n")
     print(summary(rows).to_markdown(index=False))
     return 0
 
