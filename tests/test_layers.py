@@ -162,3 +162,17 @@ def test_power_iteration_keeps_a_zero_iterate_at_zero():
     dense.u.zero_()
     dense.power_iterate(3)
     assert torch.equal(dense.u, torch.zeros_like(dense.u))
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,size", [(1, 16, 4, 2, (28, 28)), (3, 8, 3, 1, (9, 7)), (4, 6, 4, 3, (10, 11))])
+def test_cpu_power_iteration_on_patches_is_the_convolutions(c_in, c_out, k, s, size):
+    """The CPU path (matrix products on the iterate's patches) iterates exactly as the convolutions
+    do, asymmetric SAME padding (the last case) included."""
+    from gloro_repro.gloro.layers import LipschitzLinear
+
+    fast, reference = (LipschitzConv2d(c_in, c_out, k, s, size, generator=torch.Generator().manual_seed(0))
+                       for _ in range(2))
+    fast.power_iterate(9)
+    LipschitzLinear.power_iterate(reference, 9)
+    assert torch.allclose(fast.u, reference.u, atol=1e-6) and not torch.equal(fast.u, torch.zeros_like(fast.u))
+    assert (fast.symmetric is None) == (size == (10, 11))

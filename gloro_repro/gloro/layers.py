@@ -353,6 +353,25 @@ class LipschitzConv2d(LipschitzLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.kernel(self.weight), self.bias)
 
+    @torch.no_grad()
+    def power_iterate(self, n: int) -> None:
+        """As ``LipschitzLinear.power_iterate``; on the CPU each iteration is two matrix products on the
+        iterate's patches (``A u = K cols(u)``, ``A^T y = fold(K^T y)``), where oneDNN's convolutions of
+        one image cost 1.6-4.5 times as much."""
+        if self.u.device.type != "cpu":
+            return super().power_iterate(n)
+        kernel = self.kernel(self.weight.detach())
+        matrix, size = kernel.reshape(kernel.shape[0], -1), kernel.shape[-1]
+        left, right, top, bottom = self.padding
+        _, h, w = self.input_shape
+        padded = (h + top + bottom, w + left + right)
+        u = self.u
+        for _ in range(n):
+            cols = F.unfold(F.pad(u, self.padding), size, stride=self.stride)[0]
+            back = F.fold((matrix.T @ (matrix @ cols))[None], padded, size, stride=self.stride)
+            u = _unit(back[:, :, top:top + h, left:left + w])
+        self.u.copy_(u)
+
     def sound_bound(self) -> SoundBound:
         """Near-exact where the operator can be materialised, else the best circular bound of
         ``CIRCULAR_GRIDS`` grids (``bounds.conv_norm_upper_bound``), widened by ``SOUND_RTOL``."""
