@@ -190,24 +190,32 @@ def evaluate(net: GloroNet, x: torch.Tensor, y: torch.Tensor, eps: float, tol: f
     return float(correct.float().mean()), float((correct & cert.certified).float().mean())
 
 
+def seeded_start(experiment, seed: int, input_shape: tuple[int, ...]) -> tuple[torch.nn.Sequential, torch.Generator]:
+    """What a seed fixes for every arm (and ``--export-paired`` hands the library): f's initial
+    weights and iterates, and the generator of the per-epoch batch orders."""
+    torch.manual_seed(seed)
+    model = experiment.model
+    f = build_network(model.architecture, input_shape, 10, model.activation, model.init, seed=seed)
+    return f, torch.Generator().manual_seed(seed)
+
+
 def run(arm: Arm, experiment, seed: int, data: tuple[torch.Tensor, ...], stop_after: int | None = None) -> dict:
     """Train one arm with one seed; the metrics of the last epoch (and of the validation-selected one).
 
     ``stop_after``: end after that many epochs of the full schedule (the ``refit`` arm's second run)."""
     x_all, y_all, x_test, y_test = data
-    torch.manual_seed(seed)
     n_val = round(len(x_all) * arm.val_fraction)
     val_idx = np.random.default_rng(seed).permutation(len(x_all))[:n_val]
     train_mask = np.ones(len(x_all), dtype=bool)
     train_mask[val_idx] = False
     x, y = x_all[train_mask], y_all[train_mask]
     model, training = experiment.model, experiment.training
-    f = build_network(model.architecture, tuple(x.shape[1:]), 10, model.activation, model.init, seed=seed)
+    f, order_g = seeded_start(experiment, seed, tuple(x.shape[1:]))
     cls = ThroughIterations if arm.through_iters else GloroNet
     net = cls(f, eps=experiment.eps_test, power_iterations=model.power_iterations)
     schedule = experiment.schedule()
     optimiser = (KerasAdam if arm.keras_adam else torch.optim.Adam)(net.parameters(), lr=training.init_lr, eps=1e-7)
-    order_g, refresh_g = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    refresh_g = torch.Generator().manual_seed(seed + 1)
     n_batches = -(-len(x) // training.batch_size)
     lam_list, lr_list = library_lists(experiment)
     best, start = (-1.0, None, -1), time.perf_counter()
@@ -294,11 +302,8 @@ def export_paired(folder: Path, experiment, seeds: list[int], data: tuple[torch.
     orders of the 8,000 training images, and its logits on the first 64 of them (a layout check)."""
     x_all = data[0]
     folder.mkdir(parents=True, exist_ok=True)
-    model = experiment.model
     for seed in seeds:
-        torch.manual_seed(seed)
-        f = build_network(model.architecture, tuple(x_all.shape[1:]), 10, model.activation, model.init, seed=seed)
-        order_g = torch.Generator().manual_seed(seed)
+        f, order_g = seeded_start(experiment, seed, tuple(x_all.shape[1:]))
         orders = np.stack([torch.randperm(len(x_all), generator=order_g).numpy()
                            for _ in range(experiment.schedule().total_epochs)])
         with torch.no_grad():
@@ -445,10 +450,10 @@ def main(argv=None) -> int:
                      + against_arm(rows).to_markdown(index=False, disable_numparse=True) + "\n")
         library_csv = Path(f"{args.out}_library.csv")
         if library_csv.exists():
-            comparison = against_library(rows, pd.read_csv(library_csv))
+            library = pd.read_csv(library_csv)
             handle.write(f"\nAgainst the authors' library ({library_csv}; VRA at eps 0.3, mean (sd)):\n\n"
-                         + comparison.to_markdown(index=False, disable_numparse=True) + "\n")
-            for setting, table in per_seed(rows, pd.read_csv(library_csv)).items():
+                         + against_library(rows, library).to_markdown(index=False, disable_numparse=True) + "\n")
+            for setting, table in per_seed(rows, library).items():
                 handle.write(f"\nEvery seed, {setting} (VRA at eps 0.3):\n\n" + table.to_markdown() + "\n")
     print(summary(rows).to_markdown(index=False))
     return 0

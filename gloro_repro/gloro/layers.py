@@ -179,8 +179,12 @@ class LipschitzLinear(nn.Module):
         weight = self.weight.detach()
         u = self.u
         for _ in range(n):
-            u = _unit(self.adjoint_map(self.linear_map(u, weight), weight))
+            u = _unit(self.gram_map(u, weight))
         self.u.copy_(u)
+
+    def gram_map(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A^T A u: one power iteration before normalising."""
+        return self.adjoint_map(self.linear_map(u, weight), weight)
 
     def lipschitz(self) -> torch.Tensor:
         """Power-iteration estimate ``||A u|| / ||u||`` with gradient to the weights only."""
@@ -353,24 +357,18 @@ class LipschitzConv2d(LipschitzLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.kernel(self.weight), self.bias)
 
-    @torch.no_grad()
-    def power_iterate(self, n: int) -> None:
-        """As ``LipschitzLinear.power_iterate``; on the CPU each iteration is two matrix products on the
-        iterate's patches (``A u = K cols(u)``, ``A^T y = fold(K^T y)``), where oneDNN's convolutions of
-        one image cost 1.6-4.5 times as much."""
-        if self.u.device.type != "cpu":
-            return super().power_iterate(n)
-        kernel = self.kernel(self.weight.detach())
+    def gram_map(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A^T A u; on the CPU as two matrix products on u's patches (``A u = K cols(u)``,
+        ``A^T y = fold(K^T y)``), where oneDNN's convolutions of one image cost 1.6-4.5 times as much."""
+        if u.device.type != "cpu":
+            return super().gram_map(u, weight)
+        kernel = self.kernel(weight)
         matrix, size = kernel.reshape(kernel.shape[0], -1), kernel.shape[-1]
         left, right, top, bottom = self.padding
         _, h, w = self.input_shape
-        padded = (h + top + bottom, w + left + right)
-        u = self.u
-        for _ in range(n):
-            cols = F.unfold(F.pad(u, self.padding), size, stride=self.stride)[0]
-            back = F.fold((matrix.T @ (matrix @ cols))[None], padded, size, stride=self.stride)
-            u = _unit(back[:, :, top:top + h, left:left + w])
-        self.u.copy_(u)
+        cols = F.unfold(F.pad(u, self.padding), size, stride=self.stride)
+        back = F.fold(matrix.T @ (matrix @ cols), (h + top + bottom, w + left + right), size, stride=self.stride)
+        return back[:, :, top:top + h, left:left + w]
 
     def sound_bound(self) -> SoundBound:
         """Near-exact where the operator can be materialised, else the best circular bound of
