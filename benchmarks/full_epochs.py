@@ -85,7 +85,7 @@ def train_epochs(name: str, epochs: int, hardware: Hardware, out_dir: Path | Non
         callbacks.append(ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False))
     trainer = build_trainer(stop_after or epochs, False, hardware.one_device(), experiment.training.batch_size,
                             callbacks=tuple(callbacks), limit_val_batches=0, enable_checkpointing=out_dir is not None,
-                            enable_progress_bar=False)
+                            progress=False)
     trainer.fit(module, data, ckpt_path=out_dir / "last.ckpt" if resume else None)
     return trainer, module, ends
 

@@ -10,7 +10,8 @@
 #
 # python3 must hold torch with CUDA, lightning, torchmetrics, pandas, tabulate and pytest. Packages
 # the machine lacks may lie as wheels in .whl/ (they are installed into /tmp/site first).
-# DEVICE_NAME names the report files (default h200).
+# DEVICE_NAME names the report files (default h200); BEFORE names an earlier benchmarks JSON for the
+# report's before/after table (default none, e.g. BEFORE=results/benchmarks_gpu_h200.json).
 set -uo pipefail
 OUT=${OUT:-gpu_check}
 NAME=${DEVICE_NAME:-h200}
@@ -37,7 +38,7 @@ checks)
     cuda_tests
     echo "== benchmarks.run architectures, batch 256 and 512"
     timeout "${BENCH_LIMIT:-300}" python3 -m benchmarks.run --sections architectures --batch-sizes 256 512 \
-        --repeats "${REPEATS:-3}" --before none --out "$OUT/benchmarks_gpu_$NAME" 2>&1 | grep -v "it/s\]$" | tail -5
+        --repeats "${REPEATS:-3}" --before "${BEFORE:-none}" --out "$OUT/benchmarks_gpu_$NAME" 2>&1 | grep -v "it/s\]$" | tail -5
     cat "$OUT/benchmarks_gpu_$NAME.md" 2>/dev/null
     ;;
 epochs)

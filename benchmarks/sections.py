@@ -202,7 +202,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
 
             def lightning_epoch() -> float:
                 trainer = build_trainer(1, False, Hardware(device.type), training.batch_size, limit_val_batches=0,
-                                        enable_checkpointing=False, enable_progress_bar=False)
+                                        enable_checkpointing=False, progress=False)
                 trainer.fit(module, data)
                 return training_costs(trainer).epoch_seconds[-1]
 

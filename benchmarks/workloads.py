@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from gloro_repro.exported import ExportedModel
-from gloro_repro.gloro import GloroNet, build_network, step_loss
+from gloro_repro.gloro import GloroNet, build_network, float32_precision, step_loss
 from gloro_repro.gloro.graphs import GraphedFunction, GraphedStep
 from gloro_repro.measure import MB, cuda_peak_mb_per_instance, saved_for_backward
 
@@ -93,13 +93,17 @@ class Workload:
 
     @torch.no_grad()
     def inference(self) -> torch.Tensor:
+        """Plain inference in IEEE float32, the arithmetic certification runs in (with cuDNN's default
+        TF32 convolutions the baseline would time other arithmetic than the certificate's)."""
         self.net.eval()
-        return self.net.f(self.x)
+        with float32_precision("ieee"):
+            return self.net.f(self.x)
 
     def graphed_inference(self) -> torch.Tensor:
         """``inference`` replayed from a CUDA graph (eager on a CPU)."""
         self.net.eval()
-        return self._graphed_inference(self.x)["logits"]
+        with float32_precision("ieee"):
+            return self._graphed_inference(self.x)["logits"]
 
     def certifier(self, bound: str = "power", graphs: bool = False):
         """Certification as the pipeline runs it: the bounds computed once, after training (the

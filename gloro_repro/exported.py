@@ -202,6 +202,9 @@ class ExportedModel:
         with ieee_arithmetic() if bound == "sound" else float32_precision("ieee"):
             if bound == "sound":
                 require_ieee(x.device, torch.float64, "the provable float64 certificate")
+            # copied at once: a replayed graph overwrites its outputs at its next call
             parts = [{name: value.clone() for name, value in certify_batch(x[i:i + batch_size]).items()}
                      for i in range(0, len(x), batch_size)]
+        if len(parts) == 1:
+            return Certificate(**parts[0])
         return Certificate(**{name: torch.cat([part[name] for part in parts]) for name in parts[0]})

@@ -8,11 +8,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:  # imported where used: the machines that run only the CUDA tests have no Optuna
+    import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -165,6 +168,8 @@ def net_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def running_trial(url: str, name: str, pids=None, timeout: float = 120) -> optuna.trial.FrozenTrial:
     """The first RUNNING trial of the search ``name`` (of a worker in ``pids``), waiting for one."""
+    import optuna
+
     from benchmarks.search_load import search_trials
 
     deadline = time.monotonic() + timeout

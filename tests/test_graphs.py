@@ -107,13 +107,23 @@ def test_cuda_graphs_switch():
         Hardware.from_env({"GLORO_CUDA_GRAPHS": "yes"})
 
 
+@pytest.fixture
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms: without them two eager runs already differ (up to 2e-5 in a
+    weight after 8 steps on an H200), which would hide what graphs or streams change."""
+    saved = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    yield
+    torch.backends.cudnn.deterministic = saved
+
+
 # a full batch shape, a short last batch, eps and lambda changing "per epoch" (recaptures)
 SIZES = (64, 64, 40, 64, 64, 40, 64, 40)
 SCHEDULE = [(0.1, 0.5)] * 3 + [(0.2, 1.0)] * 3 + [(None, 0.0)] + [(0.3, 1.5)]
 
 
 @cuda
-def test_graphed_training_matches_eager_on_cuda():
+def test_graphed_training_matches_eager_on_cuda(deterministic_cudnn):
     batches = _batches("cuda", SIZES)
     eager = _net("cuda")
     _train(eager, batches, SCHEDULE, graphs=False)
@@ -122,6 +132,23 @@ def test_graphed_training_matches_eager_on_cuda():
         step = _train(graphed, batches, SCHEDULE, graphs=True, tensors=tensors)
         assert step.captures == captures
         _assert_same_training(eager, graphed, rtol=1e-4)
+
+
+@cuda
+def test_power_iteration_beside_the_forward_pass_matches_one_stream_on_cuda(deterministic_cudnn):
+    """On CUDA each layer iterates on a side stream, beside the forward pass: the same kernels on the
+    same data as one stream, so the iterates, logits and bounds are bit for bit the same."""
+    net, x = _net("cuda"), _batches("cuda", (64,))[0][0]
+    reference = copy.deepcopy(net)
+    logits, k_ij = net.logits_and_bounds(x)
+    for layer in reference.layers[:-1]:
+        layer.power_iterate(net.power_iterations)
+    assert torch.equal(logits, reference.f(x)) and torch.equal(k_ij, reference.k_ij())
+    assert all(torch.equal(a.u, b.u) for a, b in zip(net.layers, reference.layers))
+    net.power_iterate(7)  # every layer, each on its own stream
+    for layer in reference.layers:
+        layer.power_iterate(7)
+    assert all(torch.equal(a.u, b.u) for a, b in zip(net.layers, reference.layers))
 
 
 @cuda
@@ -161,7 +188,7 @@ def test_graphed_certification_matches_eager_on_cuda():
 
 
 @cuda
-def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path):
+def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path, deterministic_cudnn):
     from gloro_repro.lit.module import GloroModule
     from gloro_repro.training import build_trainer, datamodule_for
 
@@ -173,20 +200,15 @@ def test_lightning_training_with_graphs_matches_eager_on_cuda(tmp_path):
     y = rng.integers(0, 10, size=1100).astype(np.int64)
     DatasetArrays(x, y, x[:8], y[:8], classes=[str(c) for c in range(10)]).save(tmp_path, experiment.data.dataset)
     nets = []
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True  # so that eager runs agree with each other too
-    try:
-        for graphs in (False, False, True):
-            torch.manual_seed(0)
-            module = GloroModule(experiment.trained_settings(), [1, 28, 28], 10, cuda_graphs=graphs)
-            trainer = build_trainer(3, False, Hardware("cuda", cuda_graphs=graphs), experiment.training.batch_size,
-                                    limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False)
-            with float32_precision("ieee"):  # as the pipeline trains these rows (tf32: false)
-                trainer.fit(module, datamodule_for(experiment, tmp_path))
-            nets.append(module.net)
-            assert module.graph_captures == (4 if graphs else 0)  # full and short batch, warm-up and robust
-    finally:
-        torch.backends.cudnn.deterministic = deterministic
+    for graphs in (False, False, True):
+        torch.manual_seed(0)
+        module = GloroModule(experiment.trained_settings(), [1, 28, 28], 10, cuda_graphs=graphs)
+        trainer = build_trainer(3, False, Hardware("cuda", cuda_graphs=graphs), experiment.training.batch_size,
+                                limit_val_batches=0, enable_checkpointing=False, progress=False)
+        with float32_precision("ieee"):  # as the pipeline trains these rows (tf32: false)
+            trainer.fit(module, datamodule_for(experiment, tmp_path))
+        nets.append(module.net)
+        assert module.graph_captures == (4 if graphs else 0)  # full and short batch, warm-up and robust
     spread = max(float(((p - q).abs() / q.abs().clamp_min(1e-6)).max().detach())
                  for p, q in zip(nets[0].parameters(), nets[1].parameters()))
     gap = max(float(((p - q).abs() / q.abs().clamp_min(1e-6)).max().detach())

@@ -1,4 +1,5 @@
 """GloroNet: margin bounds, bottom logit, ties, certificates, metrics."""
+import copy
 import math
 
 import pytest
@@ -114,6 +115,18 @@ def test_training_forward_iterates_and_eval_does_not():
     assert torch.equal(net.layers[0].u, u0)
     net.train()(torch.rand(2, 1, 4, 4))
     assert not torch.equal(net.layers[0].u, u0)
+
+
+def test_training_forward_leaves_the_last_layers_iterate_and_equals_iterating_first():
+    net = GloroNet(build_network("c4k3s1-d8-d3", (1, 4, 4), 3, seed=0), eps=0.1, power_iterations=3).train()
+    reference, start = copy.deepcopy(net), copy.deepcopy(net)
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    logits, k_ij = net.logits_and_bounds(x)
+    for layer in reference.layers[:-1]:  # the order the eager loop always had: iterate, then forward
+        layer.power_iterate(3)
+    assert torch.equal(logits, reference.f(x)) and torch.equal(k_ij, reference.k_ij())
+    assert all(torch.equal(a.u, b.u) for a, b in zip(net.layers, reference.layers))
+    assert torch.equal(net.layers[-1].u, start.layers[-1].u)  # K_ij takes its row differences, not its norm
 
 
 def test_loss_gradient_reaches_every_weight_through_the_bound():

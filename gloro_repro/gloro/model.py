@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,31 @@ from .rounding import logit_rounding_bound
 
 Bound = Literal["power", "sound"]
 BOUNDS = ("power", "sound")
+T = TypeVar("T")
+
+
+def beside(tasks: list[Callable[[], object]], main: Callable[[], T], device: torch.device) -> T:
+    """Run ``tasks`` and ``main``, returning ``main()``, as if the tasks ran first, in order.
+
+    On CUDA each task runs on a side stream of its own, forked from the current stream and joined
+    back before returning, so independent chains of small kernels (a layer's power iterations)
+    overlap each other and ``main`` instead of queueing one after another; the tasks must not
+    touch what ``main`` reads or writes. Elsewhere they run in order, then ``main``.
+    """
+    if device.type != "cuda":
+        for task in tasks:
+            task()
+        return main()
+    current = torch.cuda.current_stream(device)
+    streams = [torch.cuda.Stream(device) for _ in tasks]  # from PyTorch's pool: no stream is created per call
+    for task, stream in zip(tasks, streams):
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            task()
+    result = main()
+    for stream in streams:
+        current.wait_stream(stream)
+    return result
 
 
 def margin_lipschitz(sub_lipschitz: torch.Tensor, last_weight: torch.Tensor) -> torch.Tensor:
@@ -143,9 +168,9 @@ class GloroNet(nn.Module):
     """Wraps a network of Lipschitz-tracked layers; ``forward`` returns the m+1 GloRo logits.
 
     f must be a chain the core can bound (``chain.network_chain``); anything else is refused here.
-    In training mode each forward first runs ``power_iterations`` iterations on every layer
-    (without gradient); the margin bounds are then computed with the current weights so the
-    loss's gradient reaches them. Certificates default to the provable bound; the paper's
+    In training mode each forward first runs ``power_iterations`` iterations on every layer but
+    the last (without gradient); the margin bounds are then computed with the current weights so
+    the loss's gradient reaches them. Certificates default to the provable bound; the paper's
     power-iteration bound is used only by name and only after ``converge`` for the current weights.
     """
 
@@ -223,10 +248,13 @@ class GloroNet(nn.Module):
             product = float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
         return product * self.activation_lipschitz
 
+    def _iterating(self, n: int, layers: list | None = None) -> list[Callable[[], None]]:
+        return [lambda layer=layer: layer.power_iterate(n) for layer in (self.layers if layers is None else layers)]
+
     @torch.no_grad()
     def power_iterate(self, n: int) -> None:
-        for layer in self.layers:
-            layer.power_iterate(n)
+        """``n`` power iterations on every tracked layer (on CUDA, the layers concurrently)."""
+        beside(self._iterating(n), lambda: None, self.layers[-1].weight.device)
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-5, max_iter: int = 100_000) -> list[int]:
@@ -235,10 +263,17 @@ class GloroNet(nn.Module):
 
     def logits_and_bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f's logits ``[N, m]`` and the margin bounds ``[m, m]`` (in training mode after
-        ``power_iterations`` iterations), both with their gradient: what every training loss uses."""
-        if self.training and self.power_iterations:
-            self.power_iterate(self.power_iterations)
-        return self.f(x), self.k_ij()
+        ``power_iterations`` iterations), both with their gradient: what every training loss uses.
+
+        The last layer's iterate is not iterated here: ``K_ij`` takes that layer's row differences,
+        not its norm (as the authors' library, which tracks the sub-network only). On CUDA the
+        iterations run beside the forward pass (``beside``); the results are the same.
+        """
+        if not (self.training and self.power_iterations):
+            return self.f(x), self.k_ij()
+        iterations = self._iterating(self.power_iterations, self.layers[:-1])  # each under no_grad
+        logits = beside(iterations, lambda: self.f(x), self.layers[-1].weight.device)
+        return logits, self.k_ij()
 
     def forward(self, x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
         """The m+1 GloRo logits at radius ``eps`` (default ``self.eps``). Shape: ``[N, ...]`` -> ``[N, m+1]``."""
