@@ -114,7 +114,9 @@ def one_off(device: torch.device, repeats: int) -> list[dict]:
         fresh = network(arch, shape, classes, device)
         iterations: list[int] = []
         converge = lambda: iterations.append(copy.deepcopy(fresh).converge(CONVERGE_TOL))
-        times = interleaved({"plain": w.inference, "converge": converge, "sound": fresh.k_ij_sound},
+        # every layer's bound computed afresh (k_ij_sound would read the bounds its warm-up call cached)
+        sound = lambda: [layer.sound_bound() for layer in fresh.layers]
+        times = interleaved({"plain": w.inference, "converge": converge, "sound": sound},
                             _repeats_for(arch, device, repeats), device)
         per_layer = iterations[-1]
         rows.append({"architecture": arch, "converge_iterations_max": max(per_layer),
