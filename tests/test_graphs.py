@@ -109,8 +109,8 @@ def test_cuda_graphs_switch():
 
 @pytest.fixture
 def deterministic_cudnn():
-    """cuDNN's deterministic algorithms: without them two eager runs already differ (up to 2e-5 in a
-    weight after 8 steps on an H200), which would hide what graphs or streams change."""
+    """cuDNN's deterministic algorithms: without them two eager runs already differ in the last bits,
+    which would hide what graphs or streams change."""
     saved = torch.backends.cudnn.deterministic
     torch.backends.cudnn.deterministic = True
     yield

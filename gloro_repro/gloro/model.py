@@ -48,6 +48,11 @@ def beside(tasks: list[Callable[[], object]], main: Callable[[], T], device: tor
     return result
 
 
+def _iterations(layers: list, n: int) -> list[Callable[[], None]]:
+    """Each layer's ``n`` power iterations as a task for ``beside`` (they run without gradient)."""
+    return [lambda layer=layer: layer.power_iterate(n) for layer in layers]
+
+
 def margin_lipschitz(sub_lipschitz: torch.Tensor, last_weight: torch.Tensor) -> torch.Tensor:
     """``K_ij = K_sub * ||w_j - w_i||``: bounds on the margins' Lipschitz constants.
 
@@ -248,13 +253,10 @@ class GloroNet(nn.Module):
             product = float(torch.stack([layer.lipschitz() for layer in self.layers]).prod())
         return product * self.activation_lipschitz
 
-    def _iterating(self, n: int, layers: list | None = None) -> list[Callable[[], None]]:
-        return [lambda layer=layer: layer.power_iterate(n) for layer in (self.layers if layers is None else layers)]
-
     @torch.no_grad()
     def power_iterate(self, n: int) -> None:
         """``n`` power iterations on every tracked layer (on CUDA, the layers concurrently)."""
-        beside(self._iterating(n), lambda: None, self.layers[-1].weight.device)
+        beside(_iterations(self.layers, n), lambda: None, self.layers[-1].weight.device)
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-5, max_iter: int = 100_000) -> list[int]:
@@ -271,7 +273,7 @@ class GloroNet(nn.Module):
         """
         if not (self.training and self.power_iterations):
             return self.f(x), self.k_ij()
-        iterations = self._iterating(self.power_iterations, self.layers[:-1])  # each under no_grad
+        iterations = _iterations(self.layers[:-1], self.power_iterations)
         logits = beside(iterations, lambda: self.f(x), self.layers[-1].weight.device)
         return logits, self.k_ij()
 
