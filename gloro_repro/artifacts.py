@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gloro_repro.config import ConfigError, Experiment
+from gloro_repro.data.arrays import describe_prepared
 from gloro_repro.exported import ExportedModel, ExportError, weights_digest
 from gloro_repro.gloro import GloroNet, build_network
 from gloro_repro.io import atomic_open
@@ -32,6 +33,20 @@ def build_gloro(experiment: Experiment, input_shape: tuple[int, int, int], num_c
         raise ConfigError(f"experiments.{experiment.name}.model.architecture: {error}") from None
     iterations = model.power_iterations if experiment.robust else 0
     return GloroNet(f, eps=experiment.eps_test, power_iterations=iterations)
+
+
+def save_initial(experiment: Experiment, data_dir: str | Path, path: str | Path) -> Path:
+    """The start of a run without warm-up epochs: the seeded initial GloroNet's state for the prepared
+    dataset in ``data_dir`` (``{"initial_state_dict": ...}``), written atomically, with no Lightning to import."""
+    net = build_gloro(experiment, *describe_prepared(data_dir, experiment.data.dataset))
+    with atomic_open(path) as handle:
+        torch.save({"initial_state_dict": net.state_dict()}, handle)
+    return Path(path)
+
+
+def load_initial(path: str | Path) -> dict:
+    """The GloroNet state that ``save_initial`` wrote."""
+    return torch.load(path, map_location="cpu", weights_only=True)["initial_state_dict"]
 
 
 def read_checkpoint(path: str | Path) -> tuple[Experiment, GloroNet, dict]:
@@ -79,11 +94,12 @@ def load_gloro(directory: str | Path) -> tuple[Experiment, GloroNet, dict]:
     return experiment, net.eval(), saved
 
 
-def own_network(folder, exported):
-    """The project's own GloroNet of a model folder (``gloro.pt``), checked to hold the weights the
-    exported ``lipschitz.json`` describes: the same function as ``model.pt2``, with the cheaper backward
-    pass of the project's layers (the attacks and lower bounds follow its gradients)."""
+def own_network(folder, lipschitz: dict):
+    """The project's own GloroNet of a model folder (``gloro.pt``), checked to hold the weights its
+    exported ``lipschitz.json`` (``lipschitz``: its content, or an ``ExportedModel.info``) describes: the same
+    function as ``model.pt2``, with the cheaper backward pass of the project's layers (the attacks and
+    lower bounds follow its gradients)."""
     _, net, _ = load_gloro(folder)
-    if weights_digest(net.f) != exported.info["weights_sha256"]:
+    if weights_digest(net.f) != lipschitz["weights_sha256"]:
         raise ExportError(f"{folder}/gloro.pt holds other weights than those {folder}/lipschitz.json describes")
     return net

@@ -59,6 +59,36 @@ def _archive_damage(path: Path) -> str | None:
     return None if damaged is None else f"bad CRC in {damaged}"
 
 
+def model_folder(directory: str | Path) -> Path:
+    """The model folder itself, or an experiment's (``models/<experiment>``) selected model, ``best/``."""
+    directory = Path(directory)
+    if not (directory / "model.pt2").exists() and (directory / "best" / "model.pt2").exists():
+        return directory / "best"
+    return directory
+
+
+def read_bounds(directory: str | Path) -> dict:
+    """A model folder's ``lipschitz.json``, checked for the required keys and the bounds' shapes, with
+    ``K``, ``K_sound`` and ``rounding_float64`` as float64 tensors. Reads nothing of ``model.pt2``: for
+    work on the project's own network of the same weights (``artifacts.own_network``)."""
+    bounds = model_folder(directory) / "lipschitz.json"
+    if not bounds.is_file():
+        raise ExportError(f"{bounds}: not found (a model folder holds model.pt2 and lipschitz.json)")
+    try:
+        lipschitz = json.loads(bounds.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{bounds}: not valid JSON ({error})") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(lipschitz, dict) or key not in lipschitz]
+    if missing:
+        raise ExportError(f"{bounds}: missing {missing}; re-export the model (dvc repro, stage converge)")
+    m = lipschitz["num_classes"]
+    for key, shape in (("K", (m, m)), ("K_sound", (m, m)), ("rounding_float64", (m,))):
+        lipschitz[key] = torch.tensor(lipschitz[key], dtype=torch.float64)
+        if tuple(lipschitz[key].shape) != shape:
+            raise ExportError(f"{bounds}: {key} should have shape {list(shape)} for {m} classes")
+    return lipschitz
+
+
 @dataclass(frozen=True)
 class ExportedModel:
     """A logit network f with its certification bounds: all that certifying needs.
@@ -96,26 +126,11 @@ class ExportedModel:
         Raises ``ExportError``, naming the file, when either is missing or unreadable, or when the
         bounds were not computed for this ``model.pt2`` (a certificate from them would mean nothing).
         """
-        directory = Path(directory)
-        if not (directory / "model.pt2").exists() and (directory / "best" / "model.pt2").exists():
-            directory = directory / "best"
+        directory = model_folder(directory)
         program, bounds = directory / "model.pt2", directory / "lipschitz.json"
-        for path in (program, bounds):
-            if not path.is_file():
-                raise ExportError(f"{path}: not found (a model folder holds model.pt2 and lipschitz.json)")
-        try:
-            lipschitz = json.loads(bounds.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ExportError(f"{bounds}: not valid JSON ({error})") from None
-        missing = [key for key in REQUIRED_KEYS if not isinstance(lipschitz, dict) or key not in lipschitz]
-        if missing:
-            raise ExportError(f"{bounds}: missing {missing}; re-export the model (dvc repro, stage converge)")
-        m = lipschitz["num_classes"]
-        tensors = {key: torch.tensor(lipschitz.pop(key), dtype=torch.float64) for key in ("K", "K_sound",
-                                                                                         "rounding_float64")}
-        for key, shape in (("K", (m, m)), ("K_sound", (m, m)), ("rounding_float64", (m,))):
-            if tuple(tensors[key].shape) != shape:
-                raise ExportError(f"{bounds}: {key} should have shape {list(shape)} for {m} classes")
+        if not program.is_file():
+            raise ExportError(f"{program}: not found (a model folder holds model.pt2 and lipschitz.json)")
+        lipschitz = read_bounds(directory)
         found = file_digest(program)
         if found != lipschitz["model_pt2_sha256"]:
             damage = _archive_damage(program)
@@ -130,7 +145,8 @@ class ExportedModel:
                 from None
         if weights_digest(f) != lipschitz["weights_sha256"]:
             raise ExportError(f"{bounds} was computed from other weights than those in {program}")
-        return cls(f, lipschitz.pop("eps"), tensors["K"], tensors["K_sound"], tensors["rounding_float64"], lipschitz)
+        tensors = [lipschitz.pop(key) for key in ("K", "K_sound", "rounding_float64")]
+        return cls(f, lipschitz.pop("eps"), *tensors, lipschitz)
 
     def save(self, directory: str | Path, info: dict) -> dict:
         """Write ``model.pt2`` and ``lipschitz.json`` (with ``info`` beside the bounds) atomically; return the JSON."""

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from gloro_repro.artifacts import load_initial, save_initial
 from gloro_repro.config import Experiment, Params
 from gloro_repro.console import announce_run, quiet_libraries
 from gloro_repro.gloro.precision import float32_precision
@@ -68,22 +69,24 @@ def precision(experiment: Experiment) -> str:
 
 def warm_up(params: Params, experiment: Experiment, data_dir: str | Path, checkpoint: str | Path,
             group: str | None = None, hardware: Hardware | None = None, progress: bool = True) -> Path:
-    """Train the warm-up epochs (none is fine) and save the starting checkpoint, atomically (rank 0)."""
+    """Train the warm-up epochs and save the starting checkpoint, atomically (rank 0); with none, save
+    the seeded initial weights (``artifacts.save_initial``, what ``train`` then starts from)."""
     warmup = experiment.training.warmup
+    if not warmup:
+        return save_initial(experiment, data_dir, checkpoint)
     hardware = hardware or Hardware.from_env()
     L.seed_everything(experiment.training.seed, workers=True, verbose=False)
     data = datamodule_for(experiment, data_dir)
     module = GloroModule(experiment.trained_settings(), *data.describe(), cuda_graphs=hardware.cuda_graphs)
-    logger = lightning_logger(params.wandb, experiment, "warmup", group=group) if warmup else False
-    trainer = build_trainer(warmup, logger, hardware if warmup else hardware.one_device(),
-                            experiment.training.batch_size, callbacks=(CheckpointOnPreemption(None),),
-                            progress=progress, limit_val_batches=0, enable_checkpointing=False)
+    logger = lightning_logger(params.wandb, experiment, "warmup", group=group)
+    trainer = build_trainer(warmup, logger, hardware, experiment.training.batch_size,
+                            callbacks=(CheckpointOnPreemption(None),), progress=progress, limit_val_batches=0,
+                            enable_checkpointing=False)
     try:
         with float32_precision(precision(experiment)):
             fit(trainer, module, data)
     finally:
-        if logger:
-            logger.experiment.finish()
+        logger.experiment.finish()
     return save_atomically(trainer, checkpoint)
 
 
@@ -169,9 +172,12 @@ def train(params: Params, experiment: Experiment, data_dir: str | Path, start: s
         announce_run(logger.experiment)
     if resume and is_first_process():
         print(f"resuming {experiment.name} from {last}")
+    ckpt_path = last if resume else start if experiment.training.warmup else None
+    if ckpt_path is None:  # a start without warm-up epochs holds the initial weights only
+        module.net.load_state_dict(load_initial(start))
     try:
         with float32_precision(precision(experiment)):
-            fit(trainer, module, data, ckpt_path=last if resume else start)
+            fit(trainer, module, data, ckpt_path=ckpt_path)
     finally:
         logger.experiment.finish()
     if not trainer.is_global_zero:

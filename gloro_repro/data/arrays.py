@@ -25,6 +25,12 @@ def prepared_folder(dataset: str) -> Path:
     return Path("data") / dataset
 
 
+def describe_prepared(data_dir: str | Path, dataset: str) -> tuple[list[int], int]:
+    """Input shape ``[C, H, W]`` and class count of a prepared dataset, from its metadata alone."""
+    meta = json.loads((Path(data_dir) / f"{dataset}.json").read_text())
+    return meta["shapes"]["x_train"][1:], len(meta["classes"])
+
+
 @dataclass
 class DatasetArrays:
     """A prepared dataset held in memory as numpy arrays (see the module docstring for the layout)."""

@@ -357,6 +357,13 @@ class LipschitzConv2d(LipschitzLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(x, self.kernel(self.weight), self.bias)
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """``[C_out, ceil(H / stride), ceil(W / stride)]``, by arithmetic: the generic meta-tensor pass imports
+        sympy, a third of a second of every stage's start-up."""
+        _, h, w = self.input_shape
+        return self.weight.shape[0], -(-h // self.stride), -(-w // self.stride)
+
     def gram_map(self, u: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A^T A u; on the CPU as two matrix products on u's patches (``A u = K cols(u)``,
         ``A^T y = fold(K^T y)``), where oneDNN's convolutions of one image cost 1.6-4.5 times as much."""

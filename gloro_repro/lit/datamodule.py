@@ -16,7 +16,6 @@ same way. A batch is ``(x, y, total)``, ``total`` being the global batch's size.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from gloro_repro.data.arrays import DatasetArrays
+from gloro_repro.data.arrays import DatasetArrays, describe_prepared
 from gloro_repro.data.augment import Augment
 from gloro_repro.hardware import HardwareError
 
@@ -130,8 +129,7 @@ class ArraysDataModule(L.LightningDataModule):
 
     def describe(self) -> tuple[list[int], int]:
         """Input shape ``[C, H, W]`` and class count, from the metadata alone (no arrays loaded)."""
-        meta = json.loads((self.data_dir / f"{self.dataset}.json").read_text())
-        return meta["shapes"]["x_train"][1:], len(meta["classes"])
+        return describe_prepared(self.data_dir, self.dataset)
 
     def _shards(self) -> dict:
         """This process's rank and the number of processes (1 without a Trainer)."""

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import sys
 
+from gloro_repro import wandb_first  # noqa: F401  (before torch)
+
+# isort: split
 import torch
 import wandb
 
@@ -51,7 +54,7 @@ def certify(params, experiment) -> int:
         if results and model.info["epoch"] == results["best"]["epoch"]:  # the same checkpoint
             results[which] = dict(results["best"])
             continue
-        model, net = model.to(device), own_network(directory, model)
+        model, net = model.to(device), own_network(directory, model.info)
         print(f"{name}/{which} (epoch {model.info['epoch']}): certifying {len(x)} test points with both bounds, "
               f"then attacking them ({attack.steps} steps x {attack.restarts} restarts x {len(attack.objectives)} "
               "objectives, and plain PGD-50) and checking the theorems ...", flush=True)

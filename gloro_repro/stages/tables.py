@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gloro_repro import wandb_first  # noqa: F401  (before torch)
 from gloro_repro.config import ConfigError, load_params
 from gloro_repro.console import quiet_libraries
 from gloro_repro.tables import write_all

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from gloro_repro import wandb_first  # noqa: F401  (before torch)
 from gloro_repro.io import write_json
 from gloro_repro.stages.common import prepared_data, run_stage
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import sys
 
+from gloro_repro.artifacts import save_initial
 from gloro_repro.stages.common import prepared_data, run_stage
 
 
 def warm_up(params, experiment) -> None:
-    from gloro_repro.training import warm_up as run
+    checkpoint, data = f"models/{experiment.name}/warmup.ckpt", prepared_data(experiment)
+    if experiment.training.warmup:
+        from gloro_repro.training import warm_up as run  # Lightning: imported only when there are epochs to train
 
-    checkpoint = run(params, experiment, prepared_data(experiment), f"models/{experiment.name}/warmup.ckpt")
+        run(params, experiment, data, checkpoint)
+    else:
+        save_initial(experiment, data, checkpoint)
     print(f"{experiment.name}: {experiment.training.warmup} warm-up epoch(s) -> {checkpoint}")
 
 
