@@ -93,3 +93,25 @@ def test_parity_library_schedules_lag_one_epoch_and_stop_short_of_the_end():
     assert library_value(lam, 0, 7, 16) == lam[0]
     assert library_value(lam, 5, 0, 16) == lam[4]
     assert library_value(lam, 5, 8, 16) == pytest.approx((lam[4] + lam[5]) / 2)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_full_epochs_train_as_the_stage_does_and_resume_the_long_run(tmp_path, monkeypatch, tf32):
+    from benchmarks import full_epochs
+    from gloro_repro.gloro.precision import reduced_precision_flags
+
+    seen = []  # the float32 modes in force while training, as the train stage sets them
+    start = full_epochs.GloroModule.on_train_start
+    monkeypatch.setattr(full_epochs.GloroModule, "on_train_start",
+                        lambda self: (seen.append(reduced_precision_flags("cpu")), start(self)))
+    out = tmp_path / "epochs"
+    args = ["--rows", "mnist_2c2f_minmax", "--epochs", "3", "--images", "96", "--long", "4", "--out", str(out)]
+    assert full_epochs.main(args + (["--tf32"] if tf32 else [])) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    row, long = results["rows"][0], results["long"]
+    assert row["float32"] == ("tf32" if tf32 else "ieee") and row["images"] == 96 and row["epochs_run"] == 3
+    assert row["min_s"] <= row["s_per_epoch"] <= row["max_s"]  # the median of epochs 2 and 3
+    assert all(bool(flags) == tf32 for flags in seen) and len(seen) == 3  # the row, the long run's two halves
+    assert long["stopped_after"] == 2 and long["checkpoint_epoch_at_stop"] == 2 and long["resumed_to"] == 4
+    assert len(long["epoch_seconds"]) == 4
+    assert "| mnist_2c2f_minmax" in out.with_suffix(".md").read_text()

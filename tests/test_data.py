@@ -205,6 +205,13 @@ def test_datamodule_splits_and_scales(digits_module):
     assert total == len(x) == 135 and x.dtype == torch.float32 and x.min() >= 0 and x.max() == 1.0
 
 
+def test_batches_on_the_device_are_not_walked_again(digits_module):
+    batch = next(iter(digits_module.train_dataloader()))
+    assert digits_module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    moved = digits_module.transfer_batch_to_device(batch, torch.device("meta"), 0)  # elsewhere: moved
+    assert moved[0].device.type == moved[1].device.type == "meta" and moved[2:] == batch[2:]
+
+
 def test_validation_split_is_seeded_and_disjoint():
     train, val = split_validation(1000, 0.1, seed=7)
     assert len(val) == 100 and not set(train) & set(val) and len(set(train) | set(val)) == 1000

@@ -25,6 +25,7 @@ class TrainingCosts(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # the epoch's time starts and ends with an idle GPU
             torch.cuda.reset_peak_memory_stats(module.device)
         self._start = time.perf_counter()
 
@@ -41,6 +42,8 @@ class TrainingCosts(L.Callback):
             self.mem_mb_per_instance = sum(saved.values()) / batch_size / MB
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
         self.epoch_seconds.append(time.perf_counter() - self._start)
         if module.device.type == "cuda":
             per_device = module.experiment.training.batch_size / trainer.world_size

@@ -155,6 +155,13 @@ class ArraysDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.augment.resume(state.get("augment"))
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Batches of tensors already on ``device`` (where ``setup`` put them) pass as they are: Lightning's
+        generic transfer walks every batch, a fixed CPU cost that a GPU step waits on."""
+        if all(t.device == device for t in batch if isinstance(t, torch.Tensor)):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """``(x, y, offset, total)`` -> ``(x, y, total)``: x scaled to [0, 1] and, in training, augmented."""
         x, y, offset, total = batch
