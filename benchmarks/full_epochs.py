@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import resource
 import statistics
 import sys
 import tempfile
@@ -48,17 +49,23 @@ PAPER_FRACTION_GOAL = 1 / 3  # s/epoch at most a third of the paper's
 
 
 class EpochEnds(Callback):
-    """Wall-clock time at every epoch's very end (after the module's convergence), and memory allocated."""
+    """Wall-clock time at every epoch's very end (after the module's convergence), and memory: on CUDA
+    the memory allocated, elsewhere the process's peak resident set (a leak makes either climb)."""
 
-    def __init__(self):
+    def __init__(self, bar: tqdm | None = None):
         self.ends: list[float] = []
-        self.allocated_mb: list[float] = []
+        self.memory_mb: list[float] = []
+        self.bar = bar  # advanced once an epoch
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)
-            self.allocated_mb.append(torch.cuda.memory_allocated(module.device) / 2 ** 20)
+            self.memory_mb.append(torch.cuda.memory_allocated(module.device) / 2 ** 20)
+        else:
+            self.memory_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10)  # KiB on Linux
         self.ends.append(time.perf_counter())
+        if self.bar is not None:
+            self.bar.update(1)
 
 
 def synthetic_data(experiment, device: torch.device, images: int | None = None) -> ArraysDataModule:
@@ -76,16 +83,16 @@ def synthetic_data(experiment, device: torch.device, images: int | None = None) 
 
 def train_epochs(name: str, epochs: int, hardware: Hardware, out_dir: Path | None = None, resume: bool = False,
                  stop_after: int | None = None, images: int | None = None, params_path: str = "params.yaml",
-                 tf32: bool | None = None):
+                 tf32: bool | None = None, bar: tqdm | None = None):
     """``epochs`` epochs of the row ``name`` on synthetic data, in its experiment's float32 precision (or
-    ``tf32`` if given); returns (trainer, module, EpochEnds)."""
+    ``tf32`` if given), advancing ``bar`` every epoch; returns (trainer, module, EpochEnds)."""
     experiment = load_params(params_path).experiments[name].with_values(warmup=0, epochs=epochs)
     if tf32 is not None:
         experiment = experiment.with_values(tf32=tf32)
     _, shape, classes = SHAPES[experiment.data.dataset]
     data = synthetic_data(experiment, hardware.device(), images)
     module = GloroModule(experiment.trained_settings(), list(shape), classes, cuda_graphs=hardware.cuda_graphs)
-    ends = EpochEnds()
+    ends = EpochEnds(bar)
     callbacks = [ends]
     if out_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=out_dir, filename="last", enable_version_counter=False))
@@ -119,29 +126,33 @@ def epoch_row(name: str, epochs: int, hardware: Hardware, images: int | None = N
 def long_run(name: str, epochs: int, hardware: Hardware, images: int | None = None, tf32: bool | None = None
              ) -> dict:
     """``epochs`` epochs with a checkpoint every epoch, stopped at half and resumed from ``last.ckpt``."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=epochs, desc=f"long run of {name}", unit="epoch") as bar:
         half = epochs // 2
-        _, _, ends_first = train_epochs(name, epochs, hardware, Path(tmp), stop_after=half, images=images, tf32=tf32)
+        _, _, ends_first = train_epochs(name, epochs, hardware, Path(tmp), stop_after=half, images=images, tf32=tf32,
+                                        bar=bar)
         saved_epoch = torch.load(Path(tmp) / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]
-        second, _, ends_second = train_epochs(name, epochs, hardware, Path(tmp), resume=True, images=images, tf32=tf32)
+        second, _, ends_second = train_epochs(name, epochs, hardware, Path(tmp), resume=True, images=images, tf32=tf32,
+                                              bar=bar)
         costs = training_costs(second)
     seconds = costs.epoch_seconds  # both halves: the callback's state travels in the checkpoint
     tenth = max(1, len(seconds) // 10)
     early, late = statistics.median(seconds[1:1 + tenth]), statistics.median(seconds[-tenth:])
-    allocated = ends_first.allocated_mb + ends_second.allocated_mb
+    memory = ends_first.memory_mb + ends_second.memory_mb
     return {"experiment": name, "epochs": epochs, "epochs_timed": len(seconds), "stopped_after": half,
             "checkpoint_epoch_at_stop": saved_epoch + 1, "resumed_to": second.current_epoch,
             "median_s_first_tenth": early, "median_s_last_tenth": late, "time_drift": late / early - 1,
-            "max_s_per_epoch": max(seconds[1:]), "allocated_mb_first": allocated[0] if allocated else None,
-            "allocated_mb_last": allocated[-1] if allocated else None,
-            "allocated_mb_max": max(allocated) if allocated else None, "epoch_seconds": seconds}
+            "max_s_per_epoch": max(seconds[1:]),
+            "memory": "CUDA allocated" if hardware.device().type == "cuda" else "process peak RSS",
+            "memory_mb_first": memory[0], "memory_mb_last": memory[-1], "memory_mb_max": max(memory),
+            "epoch_seconds": seconds, "memory_mb": memory}
 
 
 def render(results: dict) -> str:
     import pandas as pd
     lines = [f"# Full-size training epochs (Figure D.1a rows), {results['device']}", "",
              f"torch {results['torch']}; {results['date']}; command: `{results['command']}`. Synthetic uint8 "
-             "images of the real shapes and training-set sizes through the pipeline's Lightning loop "
+             "images of the real shapes (as many as the images column says: the real training-set sizes unless "
+             "`--images`) through the pipeline's Lightning loop "
              "(`GloroModule`, `ArraysDataModule`, each row's batch size, augmentation, loss and float32 precision); "
              "s/epoch is the median over the epochs after the first of the training batches, up to the GPU's "
              "last kernel (min and max beside it; the epoch-end convergence is in the wall column); CUDA graphs: "
@@ -149,7 +160,7 @@ def render(results: dict) -> str:
     if results["rows"]:
         lines += [pd.DataFrame(results["rows"]).to_markdown(index=False, floatfmt=".3f"), ""]
     if results.get("long"):
-        long = {k: v for k, v in results["long"].items() if k != "epoch_seconds"}
+        long = {k: v for k, v in results["long"].items() if k not in ("epoch_seconds", "memory_mb")}
         lines += ["## Long run", "", pd.DataFrame([long]).to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(lines)
 

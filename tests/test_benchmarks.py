@@ -113,5 +113,6 @@ def test_full_epochs_train_as_the_stage_does_and_resume_the_long_run(tmp_path, m
     assert row["min_s"] <= row["s_per_epoch"] <= row["max_s"]  # the median of epochs 2 and 3
     assert all(bool(flags) == tf32 for flags in seen) and len(seen) == 3  # the row, the long run's two halves
     assert long["stopped_after"] == 2 and long["checkpoint_epoch_at_stop"] == 2 and long["resumed_to"] == 4
-    assert len(long["epoch_seconds"]) == 4
+    assert len(long["epoch_seconds"]) == len(long["memory_mb"]) == 4
+    assert long["memory"] == "process peak RSS" and 0 < long["memory_mb_first"] <= long["memory_mb_last"]
     assert "| mnist_2c2f_minmax" in out.with_suffix(".md").read_text()
