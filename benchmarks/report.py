@@ -8,7 +8,8 @@ TABLES = {
     "architectures": (
         "Training step, certification and memory per instance",
         "Training: GloRo step (5 power iterations, m+1 logits, TRADES, backward through K, Adam) / plain step "
-        "(CE on the same network, Adam); power iteration's share is its time / the plain step. On CUDA both "
+        "(CE on the same network, Adam), both in IEEE float32 as the train stage runs them by default; power "
+        "iteration's share is its time / the plain step. On CUDA both "
         "steps also replayed from CUDA graphs (forward and backward one graph, fused Adam), the pipeline's "
         "default there; the goal columns judge the pipeline's own steps (graphed on CUDA, eager on a CPU) "
         "against the plain step run the same way, and 'vs plain eager' against the eager plain step. "

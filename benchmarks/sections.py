@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gloro_repro.gloro import step_loss
+from gloro_repro.gloro import float32_precision, step_loss
 from gloro_repro.gloro.lower_bounds import global_lower_bound
 from gloro_repro.measure import inference_mb_per_instance
 
@@ -29,13 +29,15 @@ def _shape(w: Workload) -> str:
 def train_row(w: Workload, repeats: int) -> dict:
     """GloRo training step against the plain step of the same network, plus power iteration's share;
     on CUDA also both steps replayed from CUDA graphs (the pipeline's default there). The goal is
-    judged on the pipeline's own steps: graphed on CUDA, eager on a CPU."""
+    judged on the pipeline's own steps: graphed on CUDA, eager on a CPU. Both steps run in IEEE
+    float32, as the train stage runs them by default (``training.tf32: false``)."""
     workloads = {"plain": w.plain_step, "gloro": w.gloro_step, "power": w.power_iteration}
     graphs = w.x.device.type == "cuda"
     if graphs:
         workloads |= {"plain_graphed": lambda: w.graphed_step("plain"),
                       "gloro_graphed": lambda: w.graphed_step("gloro")}
-    times = interleaved(workloads, repeats, w.x.device)
+    with float32_precision("ieee"):
+        times = interleaved(workloads, repeats, w.x.device)
     row = {"plain_step_ms": median_ms(times, "plain"), "gloro_step_ms": median_ms(times, "gloro"),
            "train_ratio_eager": median_ratio(times, "gloro", "plain"),
            "power_iteration_share": median_ratio(times, "power", "plain")}

@@ -43,6 +43,17 @@ def test_workload_rows_measure_the_real_thing():
     assert torch.equal(w.certifier()().certified, w.net.certify(w.x).certified)
 
 
+def test_training_steps_are_timed_in_ieee_float32_as_the_train_stage_runs_them():
+    from gloro_repro.gloro.precision import reduced_precision_flags
+
+    w, seen = Workload.build("2C2F", 4, CPU), []
+    step = w.plain_step
+    w.plain_step = lambda: (seen.append(reduced_precision_flags()), step())
+    assert reduced_precision_flags()  # torch's default: TF32 cuDNN convolutions
+    train_row(w, 1)
+    assert seen and all(flags == [] for flags in seen)
+
+
 def test_report_puts_each_ratio_beside_its_goal_and_says_when_there_is_no_gpu():
     row = {"architecture": "2C2F", "input": "1x28x28", "repeats": 3, "plain_step_ms": 10.0, "gloro_step_ms": 11.0,
            "train_ratio": 1.1, "train_met": True, "cert_throughput_ratio": 0.95, "train_mb_gloro": 0.05}
