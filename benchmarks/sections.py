@@ -178,13 +178,14 @@ def _synthetic_dataset(directory: Path, name: str, n: int, shape: tuple[int, ...
 def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml") -> list[dict]:
     """A Lightning training epoch of the pipeline (in-memory data, uint8 -> [0, 1], the
     experiment's augmentation, logging) against the bare GloRo forward/backward passes of the same
-    batches, prepared beforehand on the device; and the epoch time extrapolated to the full dataset."""
+    batches, prepared beforehand on the device, both in the experiment's float32 precision; and the epoch
+    time extrapolated to the full dataset."""
     from gloro_repro.config import load_params
     from gloro_repro.hardware import Hardware
     from gloro_repro.lit.costs import training_costs
     from gloro_repro.lit.datamodule import ArraysDataModule
     from gloro_repro.lit.module import GloroModule
-    from gloro_repro.training import build_trainer
+    from gloro_repro.training import build_trainer, precision
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one fit per repeat: keep it quiet
     params = load_params(params_path)
@@ -193,7 +194,7 @@ def epochs(device: torch.device, repeats: int, params_path: str = "params.yaml")
         experiment = params.experiments[name].with_values(warmup=0)
         training, dataset = experiment.training, experiment.data.dataset
         shape, classes = ARCHITECTURES[experiment.model.architecture]
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, float32_precision(precision(experiment)):  # as the train stage
             # enough images that the training split (validation carved out) fills ``batches`` batches
             total = -(-batches * training.batch_size // (1 - experiment.data.val_fraction)) + 1
             _synthetic_dataset(Path(tmp), dataset, int(total), shape, classes)
