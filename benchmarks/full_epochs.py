@@ -49,8 +49,9 @@ PAPER_FRACTION_GOAL = 1 / 3  # s/epoch at most a third of the paper's
 
 
 class EpochEnds(Callback):
-    """Wall-clock time at every epoch's very end (after the module's convergence), and memory: on CUDA
-    the memory allocated, elsewhere the process's peak resident set (a leak makes either climb)."""
+    """Wall-clock time at every epoch's end, and memory: on CUDA the memory allocated, elsewhere the
+    process's peak resident set (a leak makes either climb). Lightning calls this before the module's
+    epoch-end convergence, so the time between two stamps holds one epoch's training and one convergence."""
 
     def __init__(self, bar: tqdm | None = None):
         self.ends: list[float] = []
