@@ -83,7 +83,7 @@ def test_each_stage_depends_on_exactly_the_code_it_runs(name):
 
 def default_stage_names() -> set[str]:
     """The stages ``dvc repro`` runs on the committed params.yaml: each ``foreach`` over its list."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     names = set()
     for name, stage in DVC_YAML.items():
         over = stage.get("foreach")
@@ -94,15 +94,16 @@ def default_stage_names() -> set[str]:
 def test_dvc_lock_records_only_the_default_pipeline():
     """DVC parses and rewrites the whole dvc.lock around every stage it runs (round-trip YAML, pure
     Python), and never drops the entries of stages a run no longer has: left there, those of other
-    experiments tripled its length and cost the first ``dvc repro`` about a second a stage."""
-    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
-    extra, missing = sorted(set(lock) - default_stage_names()), sorted(default_stage_names() - set(lock))
-    assert not extra, f"dvc.lock holds stages outside the default pipeline: {extra}; drop them (docs/pipeline.md)"
-    assert not missing, f"dvc.lock lacks {missing}: run dvc repro and commit dvc.lock"
+    experiments made it 1.6 times as long and cost the first ``dvc repro`` about half a second a stage."""
+    lock, default = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]), default_stage_names()
+    assert not lock - default, f"dvc.lock holds stages outside the default pipeline: {sorted(lock - default)}; " \
+                               "drop them (docs/pipeline.md)"
+    assert not default - lock, f"dvc.lock lacks {sorted(default - lock)}: run dvc repro and commit dvc.lock"
 
 
 def test_dvc_reads_yaml_with_the_c_parser():
-    """ruamel.yaml.clib (requirements.txt) gives DVC's plain YAML reads a C parser, five times faster."""
+    """ruamel.yaml.clib (requirements.txt) gives DVC's plain YAML reads a C parser: 0.06 s for dvc.lock
+    against 0.25 s in pure Python."""
     from ruamel.yaml.main import CParser
 
     assert CParser is not None, "ruamel.yaml.clib is not installed: pip install -r requirements.txt"
